@@ -1,0 +1,180 @@
+//! Connection settings shared by every binary, validation of names that become part of
+//! keys and queue names, and redaction of secrets in URLs.
+//!
+//! Every flag has an environment twin; its doc comment is the `--help` text. Passwords in
+//! URLs are never printed: `--help` hides env values and shows the default redacted, and
+//! [`redact_url`] is used wherever a URL reaches a log line or an error.
+
+use std::time::Duration;
+
+/// Default broker URL (guest account of a local RabbitMQ).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Default namespace.
+pub const DEFAULT_NAMESPACE: &str = "chunkflow";
+
+/// Where the broker and Redis are, and which namespace of them this deployment uses.
+#[derive(clap::Args, Clone)]
+pub struct ConnectionArgs {
+    /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// Redis URL [default: redis://127.0.0.1:6379/0]
+    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_default_value = true, hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Prefix of every queue name and Redis key: deployments (and tests) with different
+    /// namespaces share one broker and one Redis without touching each other.
+    /// Letters, digits, `-` and `_`.
+    #[arg(long, global = true, env = "CHUNKFLOW_NAMESPACE", default_value = DEFAULT_NAMESPACE, value_parser = parse_namespace)]
+    pub namespace: String,
+
+    /// How long to wait for one Redis reply before giving up (e.g. 500ms, 30s).
+    #[arg(long, global = true, env = "CHUNKFLOW_REDIS_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
+}
+
+impl ConnectionArgs {
+    /// Settings for a local broker and Redis in the given namespace (tests, examples).
+    pub fn local(namespace: &str) -> Self {
+        ConnectionArgs {
+            amqp_url: DEFAULT_AMQP_URL.to_string(),
+            redis_url: DEFAULT_REDIS_URL.to_string(),
+            namespace: namespace.to_string(),
+            redis_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Replaces the password of a URL's user info with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let redacted = match userinfo.find(':') {
+                Some(colon) => format!("{}:***", &userinfo[..colon]),
+                None => userinfo.to_string(),
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+fn is_safe_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// Validates a namespace: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 64 || !text.chars().all(is_safe_char) {
+        return Err(format!(
+            "`{text}` is not a valid namespace: use 1 to 64 letters, digits, `-` or `_`"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Validates a job id: 1 to 128 of `[A-Za-z0-9_-]`, starting with a letter or digit. Ids
+/// become part of Redis keys (inside a `{...}` hash tag) and log lines, so `*`, `{`, `:`,
+/// `/`, `.` and spaces are refused.
+pub fn parse_job_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 128
+        && text.chars().all(is_safe_char)
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(format!(
+            "`{text}` is not a valid job id: use 1 to 128 letters, digits, `-` or `_`, starting with a letter or digit"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Parses `250ms`, `30s`, `5m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: use e.g. 500ms, 30s, 5m, 24h, 7d"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "d" => Duration::from_secs(number.saturating_mul(86_400)),
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown time unit `{other}`: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://:p%40ss@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
+        assert_eq!(
+            redact_url("redis://user@h/0?x=a@b"),
+            "redis://user@h/0?x=a@b"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn validates_names() {
+        assert!(parse_namespace("t-123_ab").is_ok());
+        for bad in ["", "a.b", "a:b", "a{b}", "a*", "a b", &"x".repeat(65)] {
+            assert!(parse_namespace(bad).is_err(), "{bad}");
+        }
+        assert!(parse_job_id("wordcount-20261126-ab12").is_ok());
+        for bad in ["", "-x", "a*", "a{b", "a:b", "..", "a/b", "a.b"] {
+            assert!(parse_job_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

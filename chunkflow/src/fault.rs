@@ -1,0 +1,63 @@
+//! Fault injection for the end-to-end tests, compiled in only with the `fault-injection`
+//! feature (off by default; release binaries have none of it). Faults are chosen with the
+//! `CHUNKFLOW_FAULT` environment variable, a comma-separated list:
+//!
+//! - `crash-after-commit=N`: the worker aborts right after its N-th successful chunk commit,
+//!   before acking it (the broker must redeliver; the commit must not count twice);
+//! - `publish-twice`: the producer publishes every chunk twice;
+//! - `map-delay-ms=N`: the worker sleeps N ms per chunk (to make a job slow enough to kill
+//!   a process in the middle of it).
+
+/// The faults in force for this process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub crash_after_commit: Option<u64>,
+    pub publish_twice: bool,
+    pub map_delay_ms: u64,
+}
+
+impl Faults {
+    /// Reads `CHUNKFLOW_FAULT`; without the feature, always no faults.
+    pub fn from_env() -> Faults {
+        #[cfg(feature = "fault-injection")]
+        {
+            if let Ok(spec) = std::env::var("CHUNKFLOW_FAULT") {
+                let faults = Faults::parse(&spec);
+                tracing::warn!(?faults, "fault injection active");
+                return faults;
+            }
+        }
+        Faults::default()
+    }
+
+    pub fn parse(spec: &str) -> Faults {
+        let mut faults = Faults::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = item.split_once('=').unwrap_or((item, ""));
+            match name {
+                "crash-after-commit" => faults.crash_after_commit = value.parse().ok(),
+                "publish-twice" => faults.publish_twice = true,
+                "map-delay-ms" => faults.map_delay_ms = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        faults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_faults() {
+        assert_eq!(
+            Faults::parse("crash-after-commit=3, publish-twice,map-delay-ms=20"),
+            Faults {
+                crash_after_commit: Some(3),
+                publish_twice: true,
+                map_delay_ms: 20
+            }
+        );
+    }
+}

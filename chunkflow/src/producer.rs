@@ -1,0 +1,595 @@
+//! The producer's logic: submit a job (validate inputs, store the spec, stream chunks to the
+//! map queue with confirms, seal the total), wait for it, show its status, print its result.
+//!
+//! Order matters for exactness: inputs are checked before anything is stored or published;
+//! the spec is stored before the first task is published; the total is sealed only after
+//! every chunk is confirmed, so no job can complete before all of its chunks exist.
+//!
+//! Memory stays bounded whatever the input size: a reader thread cuts chunks into a channel
+//! of two; the publisher keeps at most `max_unconfirmed_bytes` unconfirmed; and when the
+//! map queue holds more than `max_queued_bytes` the producer waits for workers to drain it.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::chunker::{expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource};
+use crate::config::{parse_job_id, ConnectionArgs};
+use crate::fault::Faults;
+use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
+use crate::messages::MapTask;
+use crate::output::merge_sorted_results;
+use crate::publisher::{PublishError, Publisher};
+use crate::size::human_bytes;
+use crate::store::{now_ms, JobState, JobStatus, SealOutcome, Store, StoreError};
+use crate::topology::{self, ConnectError, Topology};
+use crate::worker::publish_reduce_tasks;
+
+/// Largest accepted `--partitions`.
+pub const MAX_PARTITIONS: u32 = 4096;
+/// Largest accepted `--chunk-size` and `--max-record-size`: a chunk must fit in one message.
+pub const MAX_CHUNK_BYTES: u64 = 100 * 1024 * 1024;
+
+/// What to submit.
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub partitions: u32,
+    pub chunk_size: u64,
+    pub max_record_size: u64,
+    pub inputs: Vec<String>,
+    pub job_id: Option<String>,
+    pub ttl: Duration,
+    pub max_queued_bytes: u64,
+    pub max_unconfirmed_bytes: u64,
+}
+
+/// Why a producer command failed. Each message names the cause and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("{0}; nothing was published")]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}; the job was marked failed")]
+    Chunk(#[from] ChunkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("{0}; the job was marked failed, re-submit it")]
+    Publish(#[from] PublishError),
+    #[error("invalid job: {0}")]
+    InvalidJob(#[from] JobError),
+    #[error("job `{job}` {state}: {reason}")]
+    JobEnded {
+        job: String,
+        state: JobState,
+        reason: String,
+    },
+    #[error("no job `{job}` in namespace `{namespace}` (a typo, another --namespace, or it expired after its time to live)")]
+    NoSuchJob { job: String, namespace: String },
+    #[error("job `{job}` has no result yet: it is {state} ({progress}); wait with `producer status {job}` or `producer submit --wait`")]
+    NotFinished {
+        job: String,
+        state: JobState,
+        progress: String,
+    },
+    #[error("job `{job}` succeeded but the result of partition {partition} is missing from Redis (expired or evicted); re-run the job")]
+    ResultMissing { job: String, partition: u32 },
+    #[error("job `{job}`: {what}")]
+    Protocol { job: String, what: String },
+}
+
+impl SubmitOptions {
+    fn validate(&self) -> Result<(), ProducerError> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(ProducerError::Usage(format!(
+                "--partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                self.partitions
+            )));
+        }
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_BYTES {
+            return Err(ProducerError::Usage(format!(
+                "--chunk-size must be between 1 byte and {}, got {}",
+                human_bytes(MAX_CHUNK_BYTES),
+                self.chunk_size
+            )));
+        }
+        if self.max_record_size == 0 || self.max_record_size > MAX_CHUNK_BYTES {
+            return Err(ProducerError::Usage(format!(
+                "--max-record-size must be between 1 byte and {}, got {}",
+                human_bytes(MAX_CHUNK_BYTES),
+                self.max_record_size
+            )));
+        }
+        if let Some(id) = &self.job_id {
+            parse_job_id(id).map_err(ProducerError::Usage)?;
+        }
+        Ok(())
+    }
+}
+
+/// A new job id: `<kind>-<utc date>-<utc time>-<random>`.
+pub fn generate_job_id(kind: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    let kind: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    format!(
+        "{kind}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{:06x}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        hasher.finish() & 0xff_ffff
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Progress lines on standard error, at most one per `every`.
+struct Progress {
+    enabled: bool,
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        let every = if std::io::stderr().is_terminal() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(2)
+        };
+        Progress {
+            enabled,
+            every,
+            last: None,
+        }
+    }
+
+    fn line(&mut self, force: bool, text: impl FnOnce() -> String) {
+        if !self.enabled {
+            return;
+        }
+        let due = self.last.is_none_or(|last| last.elapsed() >= self.every);
+        if force || due {
+            eprintln!("{}", text());
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// A job that is created and about to be published.
+pub struct Submission {
+    options: SubmitOptions,
+    sources: Vec<InputSource>,
+    spec: JobSpec,
+    store: Store,
+    connection: lapin::Connection,
+    topology: Topology,
+    started: Instant,
+}
+
+/// What publishing did.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+impl Submission {
+    /// Validates the options and inputs, connects, and stores the job's spec. Nothing is
+    /// published yet; a missing input or an unknown job kind fails here.
+    pub async fn create(
+        connection_args: &ConnectionArgs,
+        registry: &JobRegistry,
+        options: SubmitOptions,
+    ) -> Result<Submission, ProducerError> {
+        options.validate()?;
+        let sources = expand_inputs(&options.inputs)?;
+        registry.build(&options.kind, &options.params)?;
+        let store = Store::connect(
+            &connection_args.redis_url,
+            &connection_args.namespace,
+            connection_args.redis_timeout,
+        )
+        .await?;
+        let connection = topology::connect(&connection_args.amqp_url, "producer").await?;
+        let topology = Topology::new(&connection_args.namespace);
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        let spec = JobSpec {
+            version: SPEC_VERSION,
+            id: options
+                .job_id
+                .clone()
+                .unwrap_or_else(|| generate_job_id(&options.kind)),
+            kind: options.kind.clone(),
+            params: options.params.clone(),
+            partitions: options.partitions,
+            chunk_size: options.chunk_size,
+            max_record_size: options.max_record_size,
+            created_ms: now_ms(),
+            ttl_secs: options.ttl.as_secs().max(1),
+        };
+        store.create_job(&spec).await?;
+        Ok(Submission {
+            options,
+            sources,
+            spec,
+            store,
+            connection,
+            topology,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Publishes every chunk with confirms and seals the job. On failure the job is marked
+    /// failed so workers drop what was already published.
+    pub async fn publish(&mut self, show_progress: bool) -> Result<Published, ProducerError> {
+        match self.publish_inner(show_progress).await {
+            Ok(published) => Ok(published),
+            Err(error) => {
+                let reason = format!("producer failed while publishing: {error}");
+                if let Err(store_error) = self
+                    .store
+                    .end_job(&self.spec, JobState::Failed, &reason)
+                    .await
+                {
+                    tracing::error!(error = %store_error, "could not mark the job failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn publish_inner(&mut self, show_progress: bool) -> Result<Published, ProducerError> {
+        let faults = Faults::from_env();
+        let mut progress = Progress::new(show_progress);
+        let mut publisher = Publisher::open(
+            &self.connection,
+            self.options.max_unconfirmed_bytes as usize,
+        )
+        .await?;
+        let (sender, mut receiver) = mpsc::channel::<Result<(Arc<str>, Chunk), ChunkError>>(2);
+        let sources = self.sources.clone();
+        let chunk_size = self.options.chunk_size as usize;
+        let max_record = self.options.max_record_size as usize;
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), ProducerError> {
+            for source in sources {
+                let name: Arc<str> = Arc::from(source.display());
+                let mut chunker = Chunker::new(source.open()?, &name, chunk_size, max_record);
+                loop {
+                    match chunker.next_chunk() {
+                        Ok(Some(chunk)) => {
+                            if sender.blocking_send(Ok((name.clone(), chunk))).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            let _ = sender.blocking_send(Err(error));
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+
+        let map_queue = self.topology.map_queue();
+        let mut chunks = 0u64;
+        let mut bytes = 0u64;
+        let mut bytes_since_check = 0u64;
+        while let Some(next) = receiver.recv().await {
+            let (source, chunk) = next?;
+            if bytes_since_check >= self.options.max_queued_bytes / 4 {
+                bytes_since_check = 0;
+                self.wait_for_queue_room(publisher.channel()).await?;
+            }
+            let task = MapTask {
+                job_id: self.spec.id.clone(),
+                chunk: chunks,
+                source: source.to_string(),
+                offset: chunk.offset,
+                first_line: chunk.first_line,
+            };
+            let copies = if faults.publish_twice { 2 } else { 1 };
+            for _ in 0..copies {
+                publisher
+                    .publish(
+                        &map_queue,
+                        &chunk.data,
+                        task.properties(),
+                        format!("chunk {} of `{source}`", task.chunk),
+                    )
+                    .await?;
+            }
+            chunks += 1;
+            bytes += chunk.data.len() as u64;
+            bytes_since_check += chunk.data.len() as u64;
+            progress.line(false, || {
+                format!(
+                    "{}: published {chunks} chunks, {}",
+                    self.spec.id,
+                    human_bytes(bytes)
+                )
+            });
+        }
+        reader
+            .await
+            .map_err(|e| ProducerError::Usage(format!("input reader failed: {e}")))??;
+        publisher.flush().await?;
+        progress.line(true, || {
+            format!(
+                "{}: published {chunks} chunks, {}, all confirmed",
+                self.spec.id,
+                human_bytes(bytes)
+            )
+        });
+        self.seal(&mut publisher, chunks).await?;
+        let _ = self.connection.close(200, "published".into()).await;
+        Ok(Published { chunks, bytes })
+    }
+
+    /// Waits while the map queue holds more than `max_queued_bytes` of chunks.
+    async fn wait_for_queue_room(&self, channel: &lapin::Channel) -> Result<(), ProducerError> {
+        let limit_messages = (self.options.max_queued_bytes / self.options.chunk_size).max(4);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let ready = self
+                .topology
+                .ready_messages(channel, &self.topology.map_queue())
+                .await?;
+            if u64::from(ready) < limit_messages {
+                return Ok(());
+            }
+            tracing::debug!(ready, limit_messages, "map queue full; waiting for workers");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn seal(&self, publisher: &mut Publisher, total: u64) -> Result<(), ProducerError> {
+        let job = self.spec.id.clone();
+        match self.store.seal_job(&job, total).await? {
+            SealOutcome::Sealed { .. } => Ok(()),
+            SealOutcome::Completed => {
+                publish_reduce_tasks(publisher, &self.topology, &job, self.spec.partitions).await?;
+                Ok(())
+            }
+            SealOutcome::NotRunning(state) => {
+                let reason = self
+                    .store
+                    .status(&job)
+                    .await?
+                    .and_then(|s| s.reason)
+                    .unwrap_or_default();
+                Err(ProducerError::JobEnded { job, state, reason })
+            }
+            SealOutcome::Missing => Err(ProducerError::Protocol {
+                job,
+                what: "its record vanished from Redis while publishing (Redis restarted or evicted it)".into(),
+            }),
+            SealOutcome::Mismatch { recorded } => Err(ProducerError::Protocol {
+                job,
+                what: format!("it was already sealed with {recorded} chunks, but this submit published {total}"),
+            }),
+            SealOutcome::Corrupt => Err(ProducerError::Protocol {
+                job,
+                what: "a chunk id beyond the published total was committed; the job was failed".into(),
+            }),
+        }
+    }
+
+    /// Waits until the job ends; `Ok` only if it succeeded.
+    pub async fn wait(&self, show_progress: bool) -> Result<JobStatus, ProducerError> {
+        wait_for_job(&self.store, &self.spec.id, show_progress, self.started).await
+    }
+}
+
+/// Polls a job until it ends, printing progress lines to standard error.
+pub async fn wait_for_job(
+    store: &Store,
+    job: &str,
+    show_progress: bool,
+    started: Instant,
+) -> Result<JobStatus, ProducerError> {
+    let mut progress = Progress::new(show_progress);
+    let mut poll = Duration::from_millis(20);
+    loop {
+        let status = store
+            .status(job)
+            .await?
+            .ok_or_else(|| ProducerError::NoSuchJob {
+                job: job.to_string(),
+                namespace: store.keys().namespace().to_string(),
+            })?;
+        let ended = status.state.is_final();
+        progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
+        match status.state {
+            JobState::Succeeded => {
+                let secs = started.elapsed().as_secs_f64();
+                let bytes = status.counters.get("bytes_read").copied().unwrap_or(0);
+                progress.line(true, || {
+                    format!(
+                        "{job}: succeeded in {secs:.2}s ({}, {:.1} MiB/s)",
+                        human_bytes(bytes),
+                        bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
+                    )
+                });
+                return Ok(status);
+            }
+            JobState::Failed | JobState::Cancelled => {
+                return Err(ProducerError::JobEnded {
+                    job: job.to_string(),
+                    state: status.state,
+                    reason: status.reason.unwrap_or_else(|| "no reason recorded".into()),
+                })
+            }
+            JobState::Running | JobState::Reducing => {}
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// `chunks 3/10 committed, partitions 0/8 reduced`.
+pub fn progress_summary(status: &JobStatus) -> String {
+    let total = status
+        .total_chunks
+        .map_or_else(|| "? (still publishing)".to_string(), |t| t.to_string());
+    format!(
+        "{}, chunks {}/{} committed, partitions {}/{} reduced",
+        status.state,
+        status.chunks_committed,
+        total,
+        status.partitions_reduced,
+        status.spec.partitions
+    )
+}
+
+/// The status as a JSON document (stable field names, documented in the README).
+pub fn status_json(status: &JobStatus) -> serde_json::Value {
+    json!({
+        "job": status.spec.id,
+        "kind": status.spec.kind,
+        "state": status.state,
+        "chunks_committed": status.chunks_committed,
+        "chunks_total": status.total_chunks,
+        "partitions_reduced": status.partitions_reduced,
+        "partitions_total": status.spec.partitions,
+        "reason": status.reason,
+        "counters": status.counters,
+        "created_ms": status.created_ms,
+        "finished_ms": status.finished_ms,
+    })
+}
+
+/// The status for people.
+pub fn status_text(status: &JobStatus) -> String {
+    let mut text = format!(
+        "job:        {}\nkind:       {}\nstate:      {}\n",
+        status.spec.id, status.spec.kind, status.state
+    );
+    let total = status.total_chunks.map_or_else(
+        || "? (producer still publishing)".to_string(),
+        |t| t.to_string(),
+    );
+    text.push_str(&format!(
+        "chunks:     {}/{} committed\npartitions: {}/{} reduced\n",
+        status.chunks_committed, total, status.partitions_reduced, status.spec.partitions
+    ));
+    for (name, value) in &status.counters {
+        text.push_str(&format!(
+            "{:<11} {value}\n",
+            format!("{}:", name.replace('_', " "))
+        ));
+    }
+    if let Some(reason) = &status.reason {
+        text.push_str(&format!("reason:     {reason}\n"));
+    }
+    text
+}
+
+/// Fetches a job's status.
+pub async fn job_status(store: &Store, job: &str) -> Result<JobStatus, ProducerError> {
+    parse_job_id(job).map_err(ProducerError::Usage)?;
+    store
+        .status(job)
+        .await?
+        .ok_or_else(|| ProducerError::NoSuchJob {
+            job: job.to_string(),
+            namespace: store.keys().namespace().to_string(),
+        })
+}
+
+/// Writes a succeeded job's result, sorted by key.
+pub async fn write_result(
+    store: &Store,
+    job: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), ProducerError> {
+    let status = job_status(store, job).await?;
+    match status.state {
+        JobState::Succeeded => {}
+        JobState::Failed | JobState::Cancelled => {
+            return Err(ProducerError::JobEnded {
+                job: job.to_string(),
+                state: status.state,
+                reason: status.reason.unwrap_or_default(),
+            })
+        }
+        state => {
+            return Err(ProducerError::NotFinished {
+                job: job.to_string(),
+                state,
+                progress: progress_summary(&status),
+            })
+        }
+    }
+    let results = store.partition_results(job, status.spec.partitions).await?;
+    let mut present = Vec::with_capacity(results.len());
+    for (partition, result) in results.into_iter().enumerate() {
+        present.push(result.ok_or(ProducerError::ResultMissing {
+            job: job.to_string(),
+            partition: partition as u32,
+        })?);
+    }
+    merge_sorted_results(&present, out)
+        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn generated_ids_are_valid() {
+        let id = generate_job_id("wordcount");
+        assert!(parse_job_id(&id).is_ok(), "{id}");
+        assert!(id.starts_with("wordcount-"));
+    }
+}

@@ -1,0 +1,225 @@
+//! The consume loop shared by workers and reducers, and its supervisor.
+//!
+//! The loop only moves deliveries in and settlements out: a [`TaskHandler`] decides what a
+//! delivery means and returns a [`Disposition`]; the loop acks, dead-letters or requeues
+//! accordingly. Shutdown is raced only against waiting for the next delivery, never against
+//! a handler: a task that has started runs to its commit and its ack.
+//!
+//! The supervisor reconnects with capped exponential backoff when the broker connection,
+//! the channel or the consumer fails, and declares the topology again on each connection.
+//! An ack that returns `false` (its channel died) is logged: the broker redelivers the
+//! message, and the commit protocol makes the redelivery harmless.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{redact_url, ConnectionArgs};
+use crate::publisher::Publisher;
+use crate::store::{Store, StoreError};
+use crate::topology::{self, Topology};
+
+/// What to do with a delivery once handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (committed, or a duplicate, or a task of an ended job): ack.
+    Ack,
+    /// Can never succeed (undecodable, unknown job): reject to the dead-letter queue.
+    DeadLetter(String),
+    /// May succeed later (Redis unreachable): requeue after a pause.
+    Retry(String),
+}
+
+/// A delivery as handlers see it.
+#[derive(Debug)]
+pub struct Task {
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+    pub redelivered: bool,
+}
+
+/// Handles one kind of task.
+pub trait TaskHandler {
+    /// Decides a delivery's fate. May publish (reduce tasks) through `publisher`, with
+    /// confirms, before returning `Ack`.
+    fn handle(
+        &mut self,
+        task: Task,
+        publisher: &mut Publisher,
+    ) -> impl std::future::Future<Output = Disposition> + Send;
+}
+
+/// Settings of the consume loop.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub role: &'static str,
+    pub queue: String,
+    pub prefetch: u16,
+    pub retry_pause: Duration,
+}
+
+/// Why a service stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid RabbitMQ URL {url}: {reason}")]
+    InvalidAmqpUrl { url: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Waits `duration` unless shutdown comes first; returns `false` on shutdown.
+pub async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// Connects to Redis, retrying with backoff until it answers or shutdown.
+pub async fn connect_store(
+    args: &ConnectionArgs,
+    shutdown: &CancellationToken,
+) -> Result<Option<Store>, ServiceError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match Store::connect(&args.redis_url, &args.namespace, args.redis_timeout).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(error @ StoreError::InvalidUrl { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::error!(error = %error, retry_in = ?backoff, "Redis unavailable");
+                if !pause(backoff, shutdown).await {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Consumes `settings.queue` with `handler` until shutdown, reconnecting as needed.
+pub async fn run_consumer<H: TaskHandler>(
+    args: &ConnectionArgs,
+    settings: &ConsumerSettings,
+    handler: &mut H,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    if let Err(error) = args.amqp_url.parse::<lapin::uri::AMQPUri>() {
+        return Err(ServiceError::InvalidAmqpUrl {
+            url: redact_url(&args.amqp_url),
+            reason: error.to_string(),
+        });
+    }
+    let topology = Topology::new(&args.namespace);
+    let mut backoff = Duration::from_millis(250);
+    while !shutdown.is_cancelled() {
+        let mut connected = false;
+        match session(args, settings, &topology, handler, shutdown, &mut connected).await {
+            Ok(()) => break,
+            Err(error) => {
+                if connected {
+                    backoff = Duration::from_millis(250);
+                }
+                tracing::error!(error = %error, retry_in = ?backoff, "broker session ended; reconnecting");
+                if !pause(backoff, shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::info!(role = settings.role, "stopped");
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] topology::ConnectError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerEnded,
+}
+
+async fn session<H: TaskHandler>(
+    args: &ConnectionArgs,
+    settings: &ConsumerSettings,
+    topology: &Topology,
+    handler: &mut H,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<(), SessionError> {
+    let connection = topology::connect(&args.amqp_url, settings.role).await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(settings.prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let mut publisher = Publisher::open(&connection, 16 * 1024 * 1024).await?;
+    let tag = format!("{}-{}", settings.role, std::process::id());
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    *connected = true;
+    tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            next = consumer.next() => Some(next),
+        };
+        let delivery = match next {
+            None => {
+                // Closing the channel gives prefetched, unstarted deliveries back.
+                let _ = channel.close(200, "shutdown".into()).await;
+                let _ = connection.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            Some(None) => return Err(SessionError::ConsumerEnded),
+            Some(Some(delivery)) => delivery?,
+        };
+        let task = Task {
+            properties: delivery.properties,
+            body: delivery.data,
+            redelivered: delivery.redelivered,
+        };
+        let disposition = handler.handle(task, &mut publisher).await;
+        let acker = delivery.acker;
+        let settled = match &disposition {
+            Disposition::Ack => acker.ack(BasicAckOptions::default()).await?,
+            Disposition::DeadLetter(reason) => {
+                tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
+                acker.reject(BasicRejectOptions { requeue: false }).await?
+            }
+            Disposition::Retry(reason) => {
+                tracing::warn!(reason = %reason, pause = ?settings.retry_pause, "requeueing task");
+                pause(settings.retry_pause, shutdown).await;
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?
+            }
+        };
+        if !settled {
+            tracing::warn!(
+                ?disposition,
+                "settlement not delivered (channel closed); the broker will redeliver, which the commit protocol makes harmless"
+            );
+        }
+    }
+}
