@@ -160,10 +160,12 @@ impl MapHandler {
     ) -> Disposition {
         let job = match self.load_job(&task.job_id).await {
             Ok(Some(job)) => job,
-            Ok(None) => return Disposition::DeadLetter(format!(
+            Ok(None) => {
+                return Disposition::DeadLetter(format!(
                 "job `{}` does not exist in this namespace (expired, deleted, or never created)",
                 task.job_id
-            )),
+            ))
+            }
             Err(disposition) => return disposition,
         };
         if self.faults.map_delay_ms > 0 {

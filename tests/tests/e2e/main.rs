@@ -1,0 +1,7 @@
+//! End-to-end tests: real RabbitMQ, real Redis, and the real `producer`, `worker` and
+//! `reducer` binaries as processes. Each test runs in its own namespace and removes it.
+
+mod bad_input;
+mod faults;
+mod helpers;
+mod pipeline;
