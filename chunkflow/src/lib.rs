@@ -10,6 +10,7 @@
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod datagen;
 pub mod fault;
 pub mod jobs;
 pub mod keys;

@@ -43,12 +43,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write deterministic sample data to standard output (or --output), for demos and
+    /// benchmarks: `producer generate text --size 100MiB > corpus.txt`.
+    Generate(GenerateArgs),
     /// Print a succeeded job's result: one `key<TAB>value` line per record, sorted by key
     /// in byte order.
     Result {
         /// The job id printed by `submit`.
         job: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// What to generate: `text` (words with a heavy-headed distribution, for wordcount).
+    #[arg(value_parser = ["text"])]
+    kind: String,
+
+    /// Approximate size; output is whole lines, at least this long.
+    #[arg(long, default_value = "16MiB")]
+    size: ByteSize,
+
+    /// Seed: the same seed and size give the same bytes everywhere.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Number of distinct words to draw from.
+    #[arg(long, default_value_t = 500_000)]
+    vocabulary: u64,
+
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +172,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", producer::status_text(&status));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            let out: Box<dyn Write> = match &args.output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            chunkflow::datagen::write_text(&mut out, args.size.bytes(), args.seed, args.vocabulary)
+                .and_then(|_| out.flush())
+                .context("writing generated data")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Result { job } => {

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and end-to-end tests against the local RabbitMQ and Redis
+# (started here if installed but stopped). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+cargo test --workspace "$@"
