@@ -6,7 +6,9 @@
 //!   before acking it (the broker must redeliver; the commit must not count twice);
 //! - `publish-twice`: the producer publishes every chunk twice;
 //! - `map-delay-ms=N`: the worker sleeps N ms per chunk (to make a job slow enough to kill
-//!   a process in the middle of it).
+//!   a process in the middle of it);
+//! - `panic-on-chunk=N`: map panics on chunk N of every job (a poison task);
+//! - `reduce-delay-ms=N`: the reducer sleeps N ms while holding a partition's lease.
 
 /// The faults in force for this process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub struct Faults {
     pub crash_after_commit: Option<u64>,
     pub publish_twice: bool,
     pub map_delay_ms: u64,
+    pub panic_on_chunk: Option<u64>,
+    pub reduce_delay_ms: u64,
 }
 
 impl Faults {
@@ -38,6 +42,8 @@ impl Faults {
                 "crash-after-commit" => faults.crash_after_commit = value.parse().ok(),
                 "publish-twice" => faults.publish_twice = true,
                 "map-delay-ms" => faults.map_delay_ms = value.parse().unwrap_or(0),
+                "panic-on-chunk" => faults.panic_on_chunk = value.parse().ok(),
+                "reduce-delay-ms" => faults.reduce_delay_ms = value.parse().unwrap_or(0),
                 _ => {}
             }
         }
@@ -56,7 +62,8 @@ mod tests {
             Faults {
                 crash_after_commit: Some(3),
                 publish_twice: true,
-                map_delay_ms: 20
+                map_delay_ms: 20,
+                ..Faults::default()
             }
         );
     }

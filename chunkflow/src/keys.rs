@@ -11,6 +11,9 @@
 //! | `ns:{job}:meta` | hash | `spec` (JSON), `state`, `partitions`, `total` (once sealed), `reason`, timestamps |
 //! | `ns:{job}:done` | set | chunk ids committed (completion is membership, never a counter) |
 //! | `ns:{job}:counters` | hash | records read, bytes read, ... added once per first commit |
+//! | `ns:{job}:stats` | hash | deliveries, redeliveries, duplicates dropped (observability, not exact) |
+//! | `ns:{job}:errors` | hash | chunk id → last error of a failed attempt (for the failure reason) |
+//! | `ns:{job}:lease:P` | string | fencing token of the reducer holding partition P (expires) |
 //! | `ns:{job}:map:P` | hash | chunk id → encoded partial of partition P |
 //! | `ns:{job}:reduced` | set | partitions whose result is stored |
 //! | `ns:{job}:result:P` | string | the final `key\tvalue\n` lines of partition P |
@@ -69,6 +72,18 @@ impl JobKeys {
         format!("{}:counters", self.prefix)
     }
 
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+
+    pub fn chunk_errors(&self) -> String {
+        format!("{}:errors", self.prefix)
+    }
+
+    pub fn partition_lease(&self, partition: u32) -> String {
+        format!("{}:lease:{partition}", self.prefix)
+    }
+
     pub fn partition_data(&self, partition: u32) -> String {
         format!("{}:map:{partition}", self.prefix)
     }
@@ -93,6 +108,9 @@ mod tests {
             job.meta(),
             job.chunks_done(),
             job.counters(),
+            job.stats(),
+            job.chunk_errors(),
+            job.partition_lease(1),
             job.partition_data(3),
             job.partitions_reduced(),
             job.partition_result(7),

@@ -151,6 +151,16 @@ impl ReduceTask {
     }
 }
 
+/// How many times the broker delivered this message before (quorum queues count returns
+/// in the `x-delivery-count` header; absent on a first delivery).
+pub fn previous_deliveries(properties: &BasicProperties) -> u64 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| header_u64(headers, "x-delivery-count").ok())
+        .unwrap_or(0)
+}
+
 fn check_type(properties: &BasicProperties, expected: &'static str) -> Result<(), DecodeError> {
     let found = properties.kind().as_ref().map(|k| k.as_str().to_string());
     if found.as_deref() == Some(expected) {

@@ -21,12 +21,13 @@ use crate::config::{parse_job_id, ConnectionArgs};
 use crate::fault::Faults;
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
 use crate::messages::MapTask;
+use crate::messages::ReduceTask;
 use crate::output::merge_sorted_results;
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::ReconnectError;
+use crate::publisher::{PublishError, ReconnectingPublisher};
 use crate::size::human_bytes;
 use crate::store::{now_ms, JobState, JobStatus, SealOutcome, Store, StoreError};
-use crate::topology::{self, ConnectError, Topology};
-use crate::worker::publish_reduce_tasks;
+use crate::topology::Topology;
 
 /// Largest accepted `--partitions`.
 pub const MAX_PARTITIONS: u32 = 4096;
@@ -46,6 +47,8 @@ pub struct SubmitOptions {
     pub ttl: Duration,
     pub max_queued_bytes: u64,
     pub max_unconfirmed_bytes: u64,
+    /// How long to keep trying to reach the broker after losing it mid-publish.
+    pub reconnect_timeout: Duration,
 }
 
 /// Why a producer command failed. Each message names the cause and what to do.
@@ -60,9 +63,7 @@ pub enum ProducerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
+    Connect(#[from] ReconnectError),
     #[error("{0}; the job was marked failed, re-submit it")]
     Publish(#[from] PublishError),
     #[error("invalid job: {0}")]
@@ -75,6 +76,12 @@ pub enum ProducerError {
     },
     #[error("no job `{job}` in namespace `{namespace}` (a typo, another --namespace, or it expired after its time to live)")]
     NoSuchJob { job: String, namespace: String },
+    #[error("job `{job}` vanished from Redis while it was {state}: Redis lost its data (a restart without persistence, or eviction). Its result cannot be trusted; re-submit it")]
+    JobVanished { job: String, state: JobState },
+    #[error(
+        "job `{job}` already exists with different settings ({what}); choose another --job-id"
+    )]
+    ResumeMismatch { job: String, what: String },
     #[error("job `{job}` has no result yet: it is {state} ({progress}); wait with `producer status {job}` or `producer submit --wait`")]
     NotFinished {
         job: String,
@@ -195,9 +202,11 @@ pub struct Submission {
     sources: Vec<InputSource>,
     spec: JobSpec,
     store: Store,
-    connection: lapin::Connection,
+    publisher: Option<ReconnectingPublisher>,
     topology: Topology,
     started: Instant,
+    /// The job existed and was already sealed: nothing to publish.
+    already_sealed: bool,
 }
 
 /// What publishing did.
@@ -224,11 +233,15 @@ impl Submission {
             connection_args.redis_timeout,
         )
         .await?;
-        let connection = topology::connect(&connection_args.amqp_url, "producer").await?;
         let topology = Topology::new(&connection_args.namespace);
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        let publisher = ReconnectingPublisher::connect(
+            &connection_args.amqp_url,
+            "producer",
+            topology.clone(),
+            options.max_unconfirmed_bytes as usize,
+            options.reconnect_timeout,
+        )
+        .await?;
         let spec = JobSpec {
             version: SPEC_VERSION,
             id: options
@@ -243,15 +256,29 @@ impl Submission {
             created_ms: now_ms(),
             ttl_secs: options.ttl.as_secs().max(1),
         };
-        store.create_job(&spec).await?;
+        let mut already_sealed = false;
+        let spec = match store.create_job(&spec).await {
+            Ok(()) => spec,
+            Err(StoreError::JobExists(id)) if options.job_id.is_some() => {
+                // Resume: same job id, same settings, still running. Chunks are cut the same
+                // way from the same input, so republishing them is harmless.
+                let status = job_status(&store, &id).await?;
+                check_resumable(&status, &spec)?;
+                already_sealed = status.total_chunks.is_some();
+                tracing::warn!(job_id = %id, "resuming an existing job");
+                status.spec
+            }
+            Err(error) => return Err(error.into()),
+        };
         Ok(Submission {
             options,
             sources,
             spec,
             store,
-            connection,
+            publisher: Some(publisher),
             topology,
             started: Instant::now(),
+            already_sealed,
         })
     }
 
@@ -262,7 +289,32 @@ impl Submission {
     /// Publishes every chunk with confirms and seals the job. On failure the job is marked
     /// failed so workers drop what was already published.
     pub async fn publish(&mut self, show_progress: bool) -> Result<Published, ProducerError> {
-        match self.publish_inner(show_progress).await {
+        if self.already_sealed {
+            return Ok(Published {
+                chunks: 0,
+                bytes: 0,
+            });
+        }
+        // The heartbeat tells reducers' janitor this producer is alive, even while it waits
+        // for queue room or for the broker to come back.
+        let heartbeat = {
+            let store = self.store.clone();
+            let job = self.spec.id.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(error) = store.producer_heartbeat(&job).await {
+                        tracing::warn!(error = %error, "producer heartbeat failed");
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            })
+        };
+        let result = self.publish_inner(show_progress).await;
+        heartbeat.abort();
+        if let Some(publisher) = self.publisher.take() {
+            publisher.close().await;
+        }
+        match result {
             Ok(published) => Ok(published),
             Err(error) => {
                 let reason = format!("producer failed while publishing: {error}");
@@ -281,11 +333,13 @@ impl Submission {
     async fn publish_inner(&mut self, show_progress: bool) -> Result<Published, ProducerError> {
         let faults = Faults::from_env();
         let mut progress = Progress::new(show_progress);
-        let mut publisher = Publisher::open(
-            &self.connection,
-            self.options.max_unconfirmed_bytes as usize,
-        )
-        .await?;
+        let mut publisher = self
+            .publisher
+            .take()
+            .ok_or_else(|| ProducerError::Protocol {
+                job: self.spec.id.clone(),
+                what: "published twice".into(),
+            })?;
         let (sender, mut receiver) = mpsc::channel::<Result<(Arc<str>, Chunk), ChunkError>>(2);
         let sources = self.sources.clone();
         let chunk_size = self.options.chunk_size as usize;
@@ -313,6 +367,7 @@ impl Submission {
         });
 
         let map_queue = self.topology.map_queue();
+        let limit_messages = (self.options.max_queued_bytes / self.options.chunk_size).max(4);
         let mut chunks = 0u64;
         let mut bytes = 0u64;
         let mut bytes_since_check = 0u64;
@@ -320,7 +375,7 @@ impl Submission {
             let (source, chunk) = next?;
             if bytes_since_check >= self.options.max_queued_bytes / 4 {
                 bytes_since_check = 0;
-                self.wait_for_queue_room(publisher.channel()).await?;
+                wait_for_queue_room(&mut publisher, &map_queue, limit_messages).await?;
             }
             let task = MapTask {
                 job_id: self.spec.id.clone(),
@@ -363,34 +418,34 @@ impl Submission {
             )
         });
         self.seal(&mut publisher, chunks).await?;
-        let _ = self.connection.close(200, "published".into()).await;
+        self.publisher = Some(publisher);
         Ok(Published { chunks, bytes })
     }
 
-    /// Waits while the map queue holds more than `max_queued_bytes` of chunks.
-    async fn wait_for_queue_room(&self, channel: &lapin::Channel) -> Result<(), ProducerError> {
-        let limit_messages = (self.options.max_queued_bytes / self.options.chunk_size).max(4);
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let ready = self
-                .topology
-                .ready_messages(channel, &self.topology.map_queue())
-                .await?;
-            if u64::from(ready) < limit_messages {
-                return Ok(());
-            }
-            tracing::debug!(ready, limit_messages, "map queue full; waiting for workers");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    async fn seal(&self, publisher: &mut Publisher, total: u64) -> Result<(), ProducerError> {
+    async fn seal(
+        &self,
+        publisher: &mut ReconnectingPublisher,
+        total: u64,
+    ) -> Result<(), ProducerError> {
         let job = self.spec.id.clone();
         match self.store.seal_job(&job, total).await? {
             SealOutcome::Sealed { .. } => Ok(()),
             SealOutcome::Completed => {
-                publish_reduce_tasks(publisher, &self.topology, &job, self.spec.partitions).await?;
+                for partition in 0..self.spec.partitions {
+                    let task = ReduceTask {
+                        job_id: job.clone(),
+                        partition,
+                    };
+                    publisher
+                        .publish(
+                            &self.topology.reduce_queue(),
+                            &task.body(),
+                            task.properties(),
+                            format!("reduce task {}", task.message_id()),
+                        )
+                        .await?;
+                }
+                publisher.flush().await?;
                 Ok(())
             }
             SealOutcome::NotRunning(state) => {
@@ -402,17 +457,18 @@ impl Submission {
                     .unwrap_or_default();
                 Err(ProducerError::JobEnded { job, state, reason })
             }
-            SealOutcome::Missing => Err(ProducerError::Protocol {
+            SealOutcome::Missing => Err(ProducerError::JobVanished {
                 job,
-                what: "its record vanished from Redis while publishing (Redis restarted or evicted it)".into(),
+                state: JobState::Running,
             }),
             SealOutcome::Mismatch { recorded } => Err(ProducerError::Protocol {
                 job,
-                what: format!("it was already sealed with {recorded} chunks, but this submit published {total}"),
+                what: format!("it was already sealed with {recorded} chunks, but this submit published {total}: the input changed"),
             }),
-            SealOutcome::Corrupt => Err(ProducerError::Protocol {
+            SealOutcome::Corrupt(detail) => Err(ProducerError::Protocol { job, what: detail }),
+            SealOutcome::Lost(detail) => Err(ProducerError::Protocol {
                 job,
-                what: "a chunk id beyond the published total was committed; the job was failed".into(),
+                what: crate::worker::lost_state_reason(&detail),
             }),
         }
     }
@@ -421,6 +477,85 @@ impl Submission {
     pub async fn wait(&self, show_progress: bool) -> Result<JobStatus, ProducerError> {
         wait_for_job(&self.store, &self.spec.id, show_progress, self.started).await
     }
+}
+
+/// Waits while the map queue holds `limit_messages` or more chunks.
+async fn wait_for_queue_room(
+    publisher: &mut ReconnectingPublisher,
+    queue: &str,
+    limit_messages: u64,
+) -> Result<(), ProducerError> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let ready = publisher.ready_messages(queue).await?;
+        if u64::from(ready) < limit_messages {
+            return Ok(());
+        }
+        tracing::debug!(ready, limit_messages, "map queue full; waiting for workers");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Whether an existing job may be resumed by a submit with `wanted` settings.
+fn check_resumable(status: &JobStatus, wanted: &JobSpec) -> Result<(), ProducerError> {
+    let existing = &status.spec;
+    let mut differences = Vec::new();
+    if existing.kind != wanted.kind {
+        differences.push(format!("job {} vs {}", existing.kind, wanted.kind));
+    }
+    if existing.params != wanted.params {
+        differences.push("parameters".to_string());
+    }
+    if existing.partitions != wanted.partitions {
+        differences.push(format!(
+            "partitions {} vs {}",
+            existing.partitions, wanted.partitions
+        ));
+    }
+    if existing.chunk_size != wanted.chunk_size {
+        differences.push(format!(
+            "chunk size {} vs {}",
+            existing.chunk_size, wanted.chunk_size
+        ));
+    }
+    if existing.max_record_size != wanted.max_record_size {
+        differences.push("max record size".to_string());
+    }
+    if !differences.is_empty() {
+        return Err(ProducerError::ResumeMismatch {
+            job: existing.id.clone(),
+            what: differences.join(", "),
+        });
+    }
+    if status.state.is_final() {
+        return Err(ProducerError::JobEnded {
+            job: existing.id.clone(),
+            state: status.state,
+            reason: status
+                .reason
+                .clone()
+                .unwrap_or_else(|| "it already ended; choose another --job-id".into()),
+        });
+    }
+    Ok(())
+}
+
+/// Cancels a running job: workers drop its queued tasks, reducers skip it.
+pub async fn cancel_job(store: &Store, job: &str) -> Result<JobStatus, ProducerError> {
+    let status = job_status(store, job).await?;
+    let ended = store
+        .end_job(&status.spec, JobState::Cancelled, "cancelled by the user")
+        .await?;
+    let after = job_status(store, job).await?;
+    if !ended {
+        return Err(ProducerError::JobEnded {
+            job: job.to_string(),
+            state: after.state,
+            reason: "it had already ended; nothing to cancel".into(),
+        });
+    }
+    Ok(after)
 }
 
 /// Polls a job until it ends, printing progress lines to standard error.
@@ -432,14 +567,24 @@ pub async fn wait_for_job(
 ) -> Result<JobStatus, ProducerError> {
     let mut progress = Progress::new(show_progress);
     let mut poll = Duration::from_millis(20);
+    let mut last_state: Option<JobState> = None;
     loop {
-        let status = store
-            .status(job)
-            .await?
-            .ok_or_else(|| ProducerError::NoSuchJob {
-                job: job.to_string(),
-                namespace: store.keys().namespace().to_string(),
-            })?;
+        let status = match store.status(job).await? {
+            Some(status) => status,
+            None => {
+                return Err(match last_state {
+                    Some(state) => ProducerError::JobVanished {
+                        job: job.to_string(),
+                        state,
+                    },
+                    None => ProducerError::NoSuchJob {
+                        job: job.to_string(),
+                        namespace: store.keys().namespace().to_string(),
+                    },
+                })
+            }
+        };
+        last_state = Some(status.state);
         let ended = status.state.is_final();
         progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
         match status.state {
@@ -496,6 +641,7 @@ pub fn status_json(status: &JobStatus) -> serde_json::Value {
         "partitions_total": status.spec.partitions,
         "reason": status.reason,
         "counters": status.counters,
+        "deliveries": status.stats,
         "created_ms": status.created_ms,
         "finished_ms": status.finished_ms,
     })
@@ -520,6 +666,14 @@ pub fn status_text(status: &JobStatus) -> String {
             "{:<11} {value}\n",
             format!("{}:", name.replace('_', " "))
         ));
+    }
+    if !status.stats.is_empty() {
+        let stats: Vec<String> = status
+            .stats
+            .iter()
+            .map(|(name, value)| format!("{value} {name}"))
+            .collect();
+        text.push_str(&format!("deliveries: {}\n", stats.join(", ")));
     }
     if let Some(reason) = &status.reason {
         text.push_str(&format!("reason:     {reason}\n"));

@@ -33,12 +33,27 @@ pub enum PublishError {
         "{what} is {size} bytes, over the broker's message size limit of {MAX_MESSAGE_BYTES} bytes"
     )]
     TooLarge { what: String, size: usize },
+    #[error("no working broker connection for {after:?} (last error: {cause})")]
+    GaveUp {
+        after: std::time::Duration,
+        cause: String,
+    },
 }
 
+/// A message published but not yet confirmed; kept so it can be sent again on a new
+/// connection if this one dies before the confirm arrives.
 struct InFlight {
     confirm: PublisherConfirm,
-    bytes: usize,
-    what: String,
+    message: Pending,
+}
+
+/// A message to (re)publish.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub queue: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub what: String,
 }
 
 /// A confirm-mode channel with a window of unconfirmed messages.
@@ -48,6 +63,8 @@ pub struct Publisher {
     window_bytes: usize,
     max_window_bytes: usize,
     confirmed: u64,
+    /// Messages whose publish or confirm failed on a broken channel.
+    failed: Vec<Pending>,
 }
 
 impl Publisher {
@@ -63,12 +80,18 @@ impl Publisher {
             window_bytes: 0,
             max_window_bytes: max_window_bytes.max(1),
             confirmed: 0,
+            failed: Vec::new(),
         })
     }
 
     /// The channel, for declares and queue inspection.
     pub fn channel(&self) -> &lapin::Channel {
         &self.channel
+    }
+
+    /// Whether the channel can still publish (false after the connection was lost).
+    pub fn is_usable(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Messages confirmed so far.
@@ -84,55 +107,78 @@ impl Publisher {
         properties: BasicProperties,
         what: impl Into<String>,
     ) -> Result<(), PublishError> {
-        let what = what.into();
-        if body.len() > MAX_MESSAGE_BYTES {
+        self.publish_pending(Pending {
+            queue: queue.to_string(),
+            body: body.to_vec(),
+            properties,
+            what: what.into(),
+        })
+        .await
+    }
+
+    /// Publishes a message; on a broker error the message is kept for
+    /// [`Publisher::take_unconfirmed`].
+    pub async fn publish_pending(&mut self, message: Pending) -> Result<(), PublishError> {
+        if message.body.len() > MAX_MESSAGE_BYTES {
             return Err(PublishError::TooLarge {
-                what,
-                size: body.len(),
+                what: message.what,
+                size: message.body.len(),
             });
         }
-        while !self.window.is_empty() && self.window_bytes + body.len() > self.max_window_bytes {
+        while !self.window.is_empty()
+            && self.window_bytes + message.body.len() > self.max_window_bytes
+        {
             self.confirm_oldest().await?;
         }
-        let confirm = self
+        let published = self
             .channel
             .basic_publish(
                 "".into(),
-                queue.into(),
+                message.queue.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                body,
-                properties,
+                &message.body,
+                message.properties.clone(),
             )
-            .await
-            .map_err(|source| PublishError::Broker {
-                what: what.clone(),
-                source,
-            })?;
-        self.window_bytes += body.len();
-        self.window.push_back(InFlight {
-            confirm,
-            bytes: body.len(),
-            what,
-        });
-        Ok(())
+            .await;
+        match published {
+            Ok(confirm) => {
+                self.window_bytes += message.body.len();
+                self.window.push_back(InFlight { confirm, message });
+                Ok(())
+            }
+            Err(source) => {
+                let what = message.what.clone();
+                self.failed.push(message);
+                Err(PublishError::Broker { what, source })
+            }
+        }
+    }
+
+    /// Every message not known to be confirmed (after a broker error), oldest first.
+    pub fn take_unconfirmed(&mut self) -> Vec<Pending> {
+        let mut pending: Vec<Pending> = std::mem::take(&mut self.failed);
+        pending.extend(self.window.drain(..).map(|f| f.message));
+        self.window_bytes = 0;
+        pending
     }
 
     async fn confirm_oldest(&mut self) -> Result<(), PublishError> {
         let Some(in_flight) = self.window.pop_front() else {
             return Ok(());
         };
-        self.window_bytes -= in_flight.bytes;
-        let what = in_flight.what;
-        let confirmation = in_flight
-            .confirm
-            .await
-            .map_err(|source| PublishError::Broker {
-                what: what.clone(),
-                source,
-            })?;
+        self.window_bytes -= in_flight.message.body.len();
+        let what = in_flight.message.what.clone();
+        let confirmation = match in_flight.confirm.await {
+            Ok(confirmation) => confirmation,
+            Err(source) => {
+                // Unknown fate: keep it for a replay on a new connection.
+                self.failed.push(in_flight.message);
+                return Err(PublishError::Broker { what, source });
+            }
+        };
         match confirmation {
             Confirmation::Ack(None) => {
                 self.confirmed += 1;
@@ -156,5 +202,178 @@ impl Publisher {
             self.confirm_oldest().await?;
         }
         Ok(())
+    }
+}
+
+/// A publisher that survives the loss of its broker connection: it reconnects with capped
+/// exponential backoff, declares the topology again, and republishes every message that was
+/// not confirmed (duplicates are harmless: the commit protocol drops them). It gives up
+/// after `give_up_after` without a working connection.
+pub struct ReconnectingPublisher {
+    url: String,
+    role: &'static str,
+    topology: crate::topology::Topology,
+    max_window_bytes: usize,
+    give_up_after: std::time::Duration,
+    connection: Connection,
+    publisher: Publisher,
+    reconnects: u64,
+}
+
+/// Why a (re)connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconnectError {
+    #[error(transparent)]
+    Connect(#[from] crate::topology::ConnectError),
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+impl ReconnectingPublisher {
+    pub async fn connect(
+        url: &str,
+        role: &'static str,
+        topology: crate::topology::Topology,
+        max_window_bytes: usize,
+        give_up_after: std::time::Duration,
+    ) -> Result<Self, ReconnectError> {
+        let (connection, publisher) = Self::open(url, role, &topology, max_window_bytes).await?;
+        Ok(ReconnectingPublisher {
+            url: url.to_string(),
+            role,
+            topology,
+            max_window_bytes,
+            give_up_after,
+            connection,
+            publisher,
+            reconnects: 0,
+        })
+    }
+
+    async fn open(
+        url: &str,
+        role: &'static str,
+        topology: &crate::topology::Topology,
+        max_window_bytes: usize,
+    ) -> Result<(Connection, Publisher), ReconnectError> {
+        let connection = crate::topology::connect(url, role).await?;
+        let publisher = Publisher::open(&connection, max_window_bytes).await?;
+        topology.declare(publisher.channel()).await?;
+        Ok((connection, publisher))
+    }
+
+    /// Times the connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Reconnects and replays unconfirmed messages, until it works or time runs out.
+    async fn recover(&mut self, cause: &PublishError) -> Result<(), PublishError> {
+        let started = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(250);
+        let mut pending = self.publisher.take_unconfirmed();
+        tracing::warn!(error = %cause, unconfirmed = pending.len(), "broker connection lost while publishing; reconnecting");
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            match Self::open(&self.url, self.role, &self.topology, self.max_window_bytes).await {
+                Ok((connection, publisher)) => {
+                    let _ = self.connection.close(200, "replaced".into()).await;
+                    self.connection = connection;
+                    self.publisher = publisher;
+                    self.reconnects += 1;
+                    let mut replay = std::mem::take(&mut pending).into_iter();
+                    let mut replay_failed = None;
+                    for message in replay.by_ref() {
+                        if let Err(error) = self.publisher.publish_pending(message).await {
+                            replay_failed = Some(error);
+                            break;
+                        }
+                    }
+                    match replay_failed {
+                        None => {
+                            tracing::warn!(
+                                reconnects = self.reconnects,
+                                "reconnected; unconfirmed messages republished"
+                            );
+                            return Ok(());
+                        }
+                        Some(error @ PublishError::Broker { .. }) => {
+                            pending = self.publisher.take_unconfirmed();
+                            pending.extend(replay);
+                            tracing::warn!(error = %error, "replay failed; reconnecting again");
+                        }
+                        Some(other) => return Err(other),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in = ?backoff, "reconnect failed");
+                }
+            }
+            if started.elapsed() > self.give_up_after {
+                return Err(PublishError::GaveUp {
+                    after: self.give_up_after,
+                    cause: cause.to_string(),
+                });
+            }
+        }
+    }
+
+    pub async fn publish(
+        &mut self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        what: impl Into<String>,
+    ) -> Result<(), PublishError> {
+        let message = Pending {
+            queue: queue.to_string(),
+            body: body.to_vec(),
+            properties,
+            what: what.into(),
+        };
+        match self.publisher.publish_pending(message).await {
+            Err(error @ PublishError::Broker { .. }) => self.recover(&error).await,
+            other => other,
+        }
+    }
+
+    /// Waits until every message is confirmed, reconnecting as needed.
+    pub async fn flush(&mut self) -> Result<(), PublishError> {
+        loop {
+            match self.publisher.flush().await {
+                Err(error @ PublishError::Broker { .. }) => self.recover(&error).await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Ready messages in `queue`, reconnecting as needed.
+    pub async fn ready_messages(&mut self, queue: &str) -> Result<u32, PublishError> {
+        loop {
+            match self
+                .topology
+                .ready_messages(self.publisher.channel(), queue)
+                .await
+            {
+                Ok(count) => return Ok(count),
+                Err(source) => {
+                    let error = PublishError::Broker {
+                        what: format!("depth of queue {queue}"),
+                        source,
+                    };
+                    self.recover(&error).await?;
+                }
+            }
+        }
+    }
+
+    /// The underlying publisher (to publish reduce tasks on the same connection).
+    pub fn publisher(&mut self) -> &mut Publisher {
+        &mut self.publisher
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
     }
 }

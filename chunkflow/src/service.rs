@@ -42,6 +42,8 @@ pub struct Task {
     pub properties: BasicProperties,
     pub body: Vec<u8>,
     pub redelivered: bool,
+    /// Deliveries of this message before this one (from the quorum queue's count).
+    pub previous_deliveries: u64,
 }
 
 /// Handles one kind of task.
@@ -62,6 +64,8 @@ pub struct ConsumerSettings {
     pub queue: String,
     pub prefetch: u16,
     pub retry_pause: Duration,
+    /// After SIGTERM, how long the task in hand may run before it is given back.
+    pub grace_period: Duration,
 }
 
 /// Why a service stopped for good.
@@ -147,6 +151,14 @@ enum SessionError {
     Broker(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
+    #[error("the publishing channel was lost")]
+    PublisherLost,
+}
+
+/// Resolves `grace` after shutdown is requested.
+async fn grace_expired(shutdown: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
 }
 
 async fn session<H: TaskHandler>(
@@ -192,11 +204,23 @@ async fn session<H: TaskHandler>(
             Some(Some(delivery)) => delivery?,
         };
         let task = Task {
+            previous_deliveries: crate::messages::previous_deliveries(&delivery.properties),
             properties: delivery.properties,
             body: delivery.data,
             redelivered: delivery.redelivered,
         };
-        let disposition = handler.handle(task, &mut publisher).await;
+        let disposition = tokio::select! {
+            disposition = handler.handle(task, &mut publisher) => disposition,
+            _ = grace_expired(shutdown, settings.grace_period) => {
+                // The task in hand is given back: closing the connection returns it to the
+                // queue. Its commit, if it was running, is one Lua script: it happened
+                // entirely or not at all. The process exits next, so no pooled Redis
+                // connection with a cancelled command is ever reused.
+                tracing::warn!(grace = ?settings.grace_period, "grace period over; giving the task in hand back");
+                let _ = connection.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+        };
         let acker = delivery.acker;
         let settled = match &disposition {
             Disposition::Ack => acker.ack(BasicAckOptions::default()).await?,
@@ -215,6 +239,9 @@ async fn session<H: TaskHandler>(
                     .await?
             }
         };
+        if !publisher.is_usable() {
+            return Err(SessionError::PublisherLost);
+        }
         if !settled {
             tracing::warn!(
                 ?disposition,

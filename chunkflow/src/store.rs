@@ -118,6 +118,8 @@ pub enum CommitOutcome {
     Missing,
     /// The chunk id is beyond the job's sealed total: a foreign or corrupt message.
     OutOfRange { total: u64 },
+    /// Redis lost part of the job's state (restart without persistence, eviction).
+    Lost(String),
 }
 
 /// What sealing a job (recording its total number of chunks) did.
@@ -135,8 +137,10 @@ pub enum SealOutcome {
     Mismatch {
         recorded: u64,
     },
-    /// The done set holds chunk ids beyond the total; the job was failed.
-    Corrupt,
+    /// The done set holds chunk ids beyond the total.
+    Corrupt(String),
+    /// Redis lost part of the job's state.
+    Lost(String),
 }
 
 /// What committing a partition's result did.
@@ -147,6 +151,18 @@ pub enum ReduceCommitOutcome {
     Succeeded,
     Duplicate,
     NotReducing(JobState),
+    Missing,
+    /// This reducer's lease was taken over (it stalled past its lease); nothing written.
+    Fenced,
+}
+
+/// The outcome of asking for a partition's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Held with this fencing token until it expires or is renewed.
+    Acquired(u64),
+    /// Another reducer holds it for this much longer.
+    Busy(Duration),
     Missing,
 }
 
@@ -160,6 +176,8 @@ pub struct JobStatus {
     pub partitions_reduced: u64,
     pub reason: Option<String>,
     pub counters: BTreeMap<String, u64>,
+    /// Deliveries, redeliveries and duplicates seen by workers (observability).
+    pub stats: BTreeMap<String, u64>,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
 }
@@ -183,25 +201,39 @@ return 1
 static COMMIT_CHUNK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua
--- KEYS: meta, done, counters, map:0 .. map:P-1
--- ARGV: chunk, now_ms, n_counters, (name, value) * n_counters, partial_0 .. partial_P-1
+-- KEYS: meta, done, counters, stats, map:0 .. map:P-1
+-- ARGV: chunk, now_ms, redelivered (0/1), n_counters, (name, value) * n_counters,
+--       partial_0 .. partial_P-1
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
+if state == 'running' or state == 'reducing' then
+  redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
+  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], 'redeliveries', 1) end
+end
 if state ~= 'running' then return {'not_running', state} end
 local chunk = ARGV[1]
 local total = redis.call('HGET', KEYS[1], 'total')
 if total and tonumber(chunk) >= tonumber(total) then return {'out_of_range', total} end
-if redis.call('SADD', KEYS[2], chunk) == 0 then return {'duplicate'} end
-local n_counters = tonumber(ARGV[3])
-for i = 1, n_counters do
-  redis.call('HINCRBY', KEYS[3], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+if redis.call('SADD', KEYS[2], chunk) == 0 then
+  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
+  return {'duplicate'}
 end
-local first_partial = 4 + 2 * n_counters
-for k = 4, #KEYS do
-  redis.call('HSET', KEYS[k], chunk, ARGV[first_partial + k - 4])
+-- The done set and the commit count move together; if they disagree, Redis lost keys.
+local committed = redis.call('HINCRBY', KEYS[1], 'committed', 1)
+local members = redis.call('SCARD', KEYS[2])
+if members ~= committed then
+  return {'lost', 'the set of committed chunks has ' .. members .. ' members but ' .. committed .. ' commits were recorded'}
+end
+local n_counters = tonumber(ARGV[4])
+for i = 1, n_counters do
+  redis.call('HINCRBY', KEYS[3], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
+end
+local first_partial = 5 + 2 * n_counters
+for k = 5, #KEYS do
+  redis.call('HSET', KEYS[k], chunk, ARGV[first_partial + k - 5])
 end
 redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
-if total and redis.call('SCARD', KEYS[2]) == tonumber(total) then
+if total and members == tonumber(total) then
   redis.call('HSET', KEYS[1], 'state', 'reducing', 'reducing_ms', ARGV[2])
   return {'completed'}
 end
@@ -221,12 +253,14 @@ if recorded and recorded ~= ARGV[1] then return {'mismatch', recorded} end
 if state ~= 'running' then return {'not_running', state} end
 local total = tonumber(ARGV[1])
 local committed = redis.call('SCARD', KEYS[2])
+local recorded_commits = tonumber(redis.call('HGET', KEYS[1], 'committed') or '0')
+if committed ~= recorded_commits then
+  return {'lost', 'the set of committed chunks has ' .. committed .. ' members but ' .. recorded_commits .. ' commits were recorded'}
+end
 if committed > 0 then
   for _, chunk in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     if tonumber(chunk) >= total then
-      redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_ms', ARGV[2], 'reason',
-        'chunk ' .. chunk .. ' was committed but the producer published only ' .. total .. ' chunks (a foreign or corrupt task)')
-      return {'corrupt'}
+      return {'corrupt', 'chunk ' .. chunk .. ' was committed but the producer published only ' .. total .. ' chunks (a foreign or corrupt task)'}
     end
   end
 end
@@ -240,14 +274,17 @@ return {'sealed', tostring(committed)}
     )
 });
 
+/// Number of fixed keys before the per-partition ones in [`Store::all_job_keys`].
+const FIXED_JOB_KEYS: usize = 6;
+
 /// Shared by the scripts that end a job: delete intermediate data, put a TTL on the rest.
-/// KEYS: meta, done, counters, reduced, map:0..P-1, result:0..P-1.
+/// KEYS: meta, done, counters, reduced, stats, errors, map:0..P-1, result:0..P-1.
 const END_JOB_LUA: &str = r#"
 local function end_job(partitions, ttl)
   redis.call('UNLINK', KEYS[2])
-  for k = 5, 4 + partitions do redis.call('UNLINK', KEYS[k]) end
-  for _, k in ipairs({1, 3, 4}) do redis.call('EXPIRE', KEYS[k], ttl) end
-  for k = 5 + partitions, 4 + 2 * partitions do redis.call('EXPIRE', KEYS[k], ttl) end
+  for k = 7, 6 + partitions do redis.call('UNLINK', KEYS[k]) end
+  for _, k in ipairs({1, 3, 4, 5, 6}) do redis.call('EXPIRE', KEYS[k], ttl) end
+  for k = 7 + partitions, 6 + 2 * partitions do redis.call('EXPIRE', KEYS[k], ttl) end
 end
 "#;
 
@@ -255,16 +292,19 @@ static COMMIT_PARTITION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"#!lua
 {END_JOB_LUA}
--- ARGV: partition, result, records, ttl_secs, now_ms
+-- KEYS: as end_job, then lease:P. ARGV: partition, result, records, ttl_secs, now_ms, token
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {{'missing'}} end
 if state ~= 'reducing' then return {{'not_reducing', state}} end
 local partition = tonumber(ARGV[1])
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {{'duplicate'}} end
+local lease = KEYS[#KEYS]
+if redis.call('GET', lease) ~= ARGV[6] then return {{'fenced'}} end
 local partitions = tonumber(redis.call('HGET', KEYS[1], 'partitions'))
-redis.call('SET', KEYS[5 + partitions + partition], ARGV[2])
-redis.call('UNLINK', KEYS[5 + partition])
+redis.call('SET', KEYS[7 + partitions + partition], ARGV[2])
+redis.call('UNLINK', KEYS[7 + partition])
 redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('DEL', lease)
 redis.call('HINCRBY', KEYS[3], 'output_records', ARGV[3])
 redis.call('HSET', KEYS[1], 'updated_ms', ARGV[5])
 if redis.call('SCARD', KEYS[4]) == partitions then
@@ -277,7 +317,7 @@ return {{'reduced'}}
     ))
 });
 
-static FAIL_JOB: LazyLock<Script> = LazyLock::new(|| {
+static END_JOB: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"#!lua
 {END_JOB_LUA}
@@ -292,6 +332,44 @@ end_job(partitions, tonumber(ARGV[2]))
 return 'ended'
 "#
     ))
+});
+
+static HSET_IF_JOB_EXISTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+-- KEYS: meta, target hash. ARGV: field, value. Never recreates an ended or lost job.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+-- KEYS: meta, lease:P. ARGV: ttl_ms. A new token is larger than every earlier one.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local remaining = redis.call('PTTL', KEYS[2])
+if remaining > 0 then return {'busy', tostring(remaining)} end
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('SET', KEYS[2], token, 'PX', ARGV[1])
+return {'acquired', tostring(token)}
+"#,
+    )
+});
+
+static RENEW_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+-- KEYS: lease:P. ARGV: token, ttl_ms
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
 });
 
 /// Milliseconds since the Unix epoch.
@@ -415,7 +493,10 @@ impl Store {
             job.chunks_done(),
             job.counters(),
             job.partitions_reduced(),
+            job.stats(),
+            job.chunk_errors(),
         ];
+        debug_assert_eq!(keys.len(), FIXED_JOB_KEYS);
         keys.extend((0..partitions).map(|p| job.partition_data(p)));
         keys.extend((0..partitions).map(|p| job.partition_result(p)));
         keys
@@ -474,6 +555,7 @@ impl Store {
         &self,
         spec: &JobSpec,
         chunk: u64,
+        redelivered: bool,
         output: &MapOutput,
     ) -> Result<CommitOutcome, StoreError> {
         let job = self.keys.job(&spec.id);
@@ -481,13 +563,15 @@ impl Store {
         invocation
             .key(job.meta())
             .key(job.chunks_done())
-            .key(job.counters());
+            .key(job.counters())
+            .key(job.stats());
         for partition in 0..spec.partitions {
             invocation.key(job.partition_data(partition));
         }
         invocation
             .arg(chunk)
             .arg(now_ms())
+            .arg(u8::from(redelivered))
             .arg(output.counters.len());
         for (name, value) in &output.counters {
             invocation.arg(*name).arg(*value);
@@ -508,6 +592,7 @@ impl Store {
             "out_of_range" => CommitOutcome::OutOfRange {
                 total: parse_u64(&spec.id, reply.get(1))?,
             },
+            "lost" => CommitOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
             other => {
                 return Err(StoreError::Corrupt {
                     job: spec.id.clone(),
@@ -536,7 +621,8 @@ impl Store {
             },
             "completed" => SealOutcome::Completed,
             "missing" => SealOutcome::Missing,
-            "corrupt" => SealOutcome::Corrupt,
+            "corrupt" => SealOutcome::Corrupt(reply.get(1).cloned().unwrap_or_default()),
+            "lost" => SealOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
             "not_running" => SealOutcome::NotRunning(parse_state(job_id, reply.get(1))?),
             "mismatch" => SealOutcome::Mismatch {
                 recorded: parse_u64(job_id, reply.get(1))?,
@@ -560,7 +646,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         debug_assert!(matches!(state, JobState::Failed | JobState::Cancelled));
         let job = self.keys.job(&spec.id);
-        let mut invocation = FAIL_JOB.prepare_invoke();
+        let mut invocation = END_JOB.prepare_invoke();
         for key in Self::all_job_keys(&job, spec.partitions) {
             invocation.key(key);
         }
@@ -619,6 +705,7 @@ impl Store {
         &self,
         spec: &JobSpec,
         partition: u32,
+        token: u64,
         output: &ReduceOutput,
     ) -> Result<ReduceCommitOutcome, StoreError> {
         let job = self.keys.job(&spec.id);
@@ -626,12 +713,14 @@ impl Store {
         for key in Self::all_job_keys(&job, spec.partitions) {
             invocation.key(key);
         }
+        invocation.key(job.partition_lease(partition));
         invocation
             .arg(partition)
             .arg(output.lines.as_slice())
             .arg(output.records)
             .arg(spec.ttl_secs)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(token);
         let mut conn = self.conn().await?;
         let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
         let reply = Self::finish(conn, reply)?;
@@ -640,6 +729,7 @@ impl Store {
             "succeeded" => ReduceCommitOutcome::Succeeded,
             "duplicate" => ReduceCommitOutcome::Duplicate,
             "missing" => ReduceCommitOutcome::Missing,
+            "fenced" => ReduceCommitOutcome::Fenced,
             "not_reducing" => {
                 ReduceCommitOutcome::NotReducing(parse_state(&spec.id, reply.get(1))?)
             }
@@ -650,6 +740,175 @@ impl Store {
                 })
             }
         })
+    }
+
+    /// Asks for the lease on a partition, valid for `ttl`.
+    pub async fn acquire_lease(
+        &self,
+        job_id: &str,
+        partition: u32,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let job = self.keys.job(job_id);
+        let mut invocation = ACQUIRE_LEASE.prepare_invoke();
+        invocation
+            .key(job.meta())
+            .key(job.partition_lease(partition))
+            .arg(ttl.as_millis() as u64);
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
+        let reply = Self::finish(conn, reply)?;
+        Ok(match reply_tag(&reply) {
+            "acquired" => LeaseOutcome::Acquired(parse_u64(job_id, reply.get(1))?),
+            "busy" => LeaseOutcome::Busy(Duration::from_millis(parse_u64(job_id, reply.get(1))?)),
+            _ => LeaseOutcome::Missing,
+        })
+    }
+
+    /// Extends a held lease; `false` if it was lost (expired and perhaps taken over).
+    pub async fn renew_lease(
+        &self,
+        job_id: &str,
+        partition: u32,
+        token: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = RENEW_LEASE.prepare_invoke();
+        invocation
+            .key(self.keys.job(job_id).partition_lease(partition))
+            .arg(token)
+            .arg(ttl.as_millis() as u64);
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
+        Ok(Self::finish(conn, reply)? == 1)
+    }
+
+    /// Records the last error of a failed attempt at a chunk (for the failure reason).
+    pub async fn record_chunk_error(
+        &self,
+        job_id: &str,
+        chunk: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let job = self.keys.job(job_id);
+        self.hset_if_job_exists(&job, job.chunk_errors(), &chunk.to_string(), error)
+            .await
+    }
+
+    async fn hset_if_job_exists(
+        &self,
+        job: &JobKeys,
+        hash: String,
+        field: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let mut invocation = HSET_IF_JOB_EXISTS.prepare_invoke();
+        invocation.key(job.meta()).key(hash).arg(field).arg(value);
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
+        Self::finish(conn, reply).map(|_| ())
+    }
+
+    /// The last recorded error of a chunk, if any.
+    pub async fn chunk_error(
+        &self,
+        job_id: &str,
+        chunk: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<Option<String>> = redis::cmd("HGET")
+            .arg(self.keys.job(job_id).chunk_errors())
+            .arg(chunk)
+            .query_async(&mut *conn)
+            .await;
+        Self::finish(conn, reply)
+    }
+
+    /// Records that the producer of a job is alive and publishing.
+    pub async fn producer_heartbeat(&self, job_id: &str) -> Result<(), StoreError> {
+        let job = self.keys.job(job_id);
+        self.hset_if_job_exists(&job, job.meta(), "producer_seen_ms", &now_ms().to_string())
+            .await
+    }
+
+    /// Ids of the jobs in the namespace's index, oldest first; drops index entries whose
+    /// job has expired.
+    pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<Vec<String>> = redis::cmd("ZRANGE")
+            .arg(self.keys.jobs_index())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *conn)
+            .await;
+        let ids = Self::finish(conn, reply)?;
+        let mut live = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut conn = self.conn().await?;
+            let exists: RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(self.keys.job(&id).meta())
+                .query_async(&mut *conn)
+                .await;
+            if Self::finish(conn, exists)? {
+                live.push(id);
+            } else {
+                let mut conn = self.conn().await?;
+                let removed: RedisResult<i64> = redis::cmd("ZREM")
+                    .arg(self.keys.jobs_index())
+                    .arg(&id)
+                    .query_async(&mut *conn)
+                    .await;
+                Self::finish(conn, removed)?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// A job's state, sealed total and last producer heartbeat, in one round trip.
+    pub async fn job_progress(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<(JobState, Option<u64>, u64)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<(Option<String>, Option<u64>, Option<u64>, Option<u64>)> =
+            redis::cmd("HMGET")
+                .arg(self.keys.job(job_id).meta())
+                .arg("state")
+                .arg("total")
+                .arg("producer_seen_ms")
+                .arg("created_ms")
+                .query_async(&mut *conn)
+                .await;
+        let (state, total, seen, created) = Self::finish(conn, reply)?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        let state = parse_state(job_id, Some(&state))?;
+        Ok(Some((state, total, seen.or(created).unwrap_or(0))))
+    }
+
+    /// Warns when Redis may evict keys of running jobs (`allkeys-*` eviction policies):
+    /// jobs would then fail with lost state instead of completing.
+    pub async fn warn_if_evicting(&self) {
+        let Ok(mut conn) = self.conn().await else {
+            return;
+        };
+        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut *conn)
+            .await;
+        if let Ok(values) = Self::finish(conn, reply) {
+            if let Some(policy) = values.get(1) {
+                if policy.starts_with("allkeys") {
+                    tracing::warn!(
+                        policy = %policy,
+                        "Redis maxmemory-policy may evict keys of running jobs; such jobs will fail \
+                         with lost state. Use noeviction (or volatile-*) for chunkflow's Redis"
+                    );
+                }
+            }
+        }
     }
 
     /// The job's state and progress, or `None` if it does not exist.
@@ -663,11 +922,19 @@ impl Store {
             .cmd("SCARD")
             .arg(job.partitions_reduced())
             .cmd("HGETALL")
-            .arg(job.counters());
+            .arg(job.counters())
+            .cmd("HGETALL")
+            .arg(job.stats());
         let mut conn = self.conn().await?;
-        type Reply = (BTreeMap<String, String>, u64, u64, BTreeMap<String, u64>);
+        type Reply = (
+            BTreeMap<String, String>,
+            u64,
+            u64,
+            BTreeMap<String, u64>,
+            BTreeMap<String, u64>,
+        );
         let reply: RedisResult<Reply> = pipe.query_async(&mut *conn).await;
-        let (meta, committed, reduced, counters) = Self::finish(conn, reply)?;
+        let (meta, committed, reduced, counters, stats) = Self::finish(conn, reply)?;
         let Some(spec_json) = meta.get("spec") else {
             return Ok(None);
         };
@@ -692,6 +959,7 @@ impl Store {
             partitions_reduced: reduced,
             reason: meta.get("reason").cloned(),
             counters,
+            stats,
             created_ms: spec.created_ms,
             finished_ms: meta.get("finished_ms").and_then(|t| t.parse().ok()),
             spec,

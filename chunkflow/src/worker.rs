@@ -6,10 +6,16 @@
 //! What it must not do: ack before the commit, count a chunk twice (the commit script
 //! refuses a second commit of a chunk), run job code on the async reactor, or die on a bad
 //! message (undecodable tasks go to the dead-letter queue and the loop carries on).
+//!
+//! Failures are classified: Redis unreachable → requeue and retry; a panic in job code →
+//! requeue, up to `max_attempts` deliveries of the chunk (counted by the quorum queue, so
+//! a worker that dies on the chunk counts too), then the job fails naming the chunk and the
+//! last error, and the task is dead-lettered; an error returned by job code (bad input under
+//! a fail policy) → the job fails at once; a task of an ended job → acked and dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,12 +29,22 @@ use crate::service::{self, ConsumerSettings, Disposition, ServiceError, Task, Ta
 use crate::store::{CommitOutcome, JobState, Store, StoreError};
 use crate::topology::Topology;
 
+/// Largest accepted `max_attempts`: the queue's own delivery limit must stay a backstop.
+pub const MAX_ATTEMPTS_LIMIT: u32 = crate::topology::DELIVERY_LIMIT as u32 - 1;
+
+/// How stale a job's cached state may be before a task re-reads it (cancel latency).
+const STATE_REFRESH: Duration = Duration::from_millis(250);
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub connection: ConnectionArgs,
     /// Deliveries the broker may hand this worker ahead of the one in progress.
     pub prefetch: u16,
+    /// Deliveries of one chunk before its job is failed (1 to 19).
+    pub max_attempts: u32,
+    /// After SIGTERM, how long the chunk in hand may take before it is given back.
+    pub grace_period: Duration,
     pub registry: JobRegistry,
 }
 
@@ -37,12 +53,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let Some(store) = service::connect_store(&config.connection, &shutdown).await? else {
         return Ok(());
     };
+    store.warn_if_evicting().await;
     let topology = Topology::new(&config.connection.namespace);
     let settings = ConsumerSettings {
         role: "worker",
         queue: topology.map_queue(),
         prefetch: config.prefetch,
         retry_pause: Duration::from_secs(1),
+        grace_period: config.grace_period,
     };
     let mut handler = MapHandler {
         store,
@@ -50,16 +68,19 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         topology,
         jobs: HashMap::new(),
         faults: Faults::from_env(),
+        max_attempts: config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT),
         commits: 0,
     };
     service::run_consumer(&config.connection, &settings, &mut handler, &shutdown).await
 }
 
-/// A job's spec and code, loaded once per job.
+/// A job's spec and code, loaded once per job, and its state as last read.
 #[derive(Clone)]
 struct LoadedJob {
     spec: Arc<JobSpec>,
     code: Arc<dyn Job>,
+    state: JobState,
+    checked: Instant,
 }
 
 struct MapHandler {
@@ -68,6 +89,7 @@ struct MapHandler {
     topology: Topology,
     jobs: HashMap<String, LoadedJob>,
     faults: Faults,
+    max_attempts: u32,
     commits: u64,
 }
 
@@ -95,7 +117,8 @@ pub async fn publish_reduce_tasks(
     publisher.flush().await
 }
 
-fn store_disposition(error: StoreError) -> Disposition {
+/// Requeue what may pass, dead-letter what cannot.
+pub(crate) fn store_disposition(error: StoreError) -> Disposition {
     if error.is_transient() {
         Disposition::Retry(error.to_string())
     } else {
@@ -103,7 +126,7 @@ fn store_disposition(error: StoreError) -> Disposition {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_string()
     } else if let Some(text) = payload.downcast_ref::<String>() {
@@ -113,24 +136,46 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The message of a job that Redis lost part of.
+pub(crate) fn lost_state_reason(detail: &str) -> String {
+    format!(
+        "Redis lost part of this job's state ({detail}); it restarted without persistence or \
+         evicted keys. The result would be wrong, so the job is failed: re-submit it"
+    )
+}
+
 impl MapHandler {
+    /// The job's spec, code and fresh-enough state; `Ok(None)` if the job does not exist.
     async fn load_job(&mut self, job_id: &str) -> Result<Option<LoadedJob>, Disposition> {
-        if let Some(job) = self.jobs.get(job_id) {
-            return Ok(Some(job.clone()));
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            if job.state.is_final() || job.checked.elapsed() < STATE_REFRESH {
+                return Ok(Some(job.clone()));
+            }
+            match self
+                .store
+                .job_progress(job_id)
+                .await
+                .map_err(store_disposition)?
+            {
+                Some((state, _, _)) => {
+                    job.state = state;
+                    job.checked = Instant::now();
+                    return Ok(Some(job.clone()));
+                }
+                None => {
+                    self.jobs.remove(job_id);
+                    return Ok(None);
+                }
+            }
         }
-        let Some(spec) = self
-            .store
-            .load_spec(job_id)
-            .await
-            .map_err(store_disposition)?
-        else {
+        let Some(status) = self.store.status(job_id).await.map_err(store_disposition)? else {
             return Ok(None);
         };
-        let spec = Arc::new(spec);
+        let spec = Arc::new(status.spec);
         let code = match self.registry.build(&spec.kind, &spec.params) {
             Ok(code) => code,
             Err(error) => {
-                let reason = format!("job code cannot be built: {error}");
+                let reason = format!("job code cannot be built by this worker: {error}");
                 self.fail_job(&spec, &reason).await?;
                 return Err(Disposition::Ack);
             }
@@ -138,13 +183,21 @@ impl MapHandler {
         if self.jobs.len() >= 256 {
             self.jobs.clear();
         }
-        let job = LoadedJob { spec, code };
+        let job = LoadedJob {
+            spec,
+            code,
+            state: status.state,
+            checked: Instant::now(),
+        };
         self.jobs.insert(job_id.to_string(), job.clone());
         Ok(Some(job))
     }
 
-    async fn fail_job(&self, spec: &JobSpec, reason: &str) -> Result<(), Disposition> {
+    async fn fail_job(&mut self, spec: &JobSpec, reason: &str) -> Result<(), Disposition> {
         tracing::error!(job_id = %spec.id, reason, "failing job");
+        if let Some(job) = self.jobs.get_mut(&spec.id) {
+            job.state = JobState::Failed;
+        }
         self.store
             .end_job(spec, JobState::Failed, reason)
             .await
@@ -155,27 +208,67 @@ impl MapHandler {
     async fn process(
         &mut self,
         task: MapTask,
-        body: Vec<u8>,
+        delivery: Task,
         publisher: &mut Publisher,
     ) -> Disposition {
         let job = match self.load_job(&task.job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
                 return Disposition::DeadLetter(format!(
-                "job `{}` does not exist in this namespace (expired, deleted, or never created)",
-                task.job_id
-            ))
+                    "job `{}` does not exist in this namespace (expired, deleted, never created, or lost by Redis)",
+                    task.job_id
+                ))
             }
             Err(disposition) => return disposition,
         };
+        match job.state {
+            JobState::Running => {}
+            JobState::Reducing => {
+                // Every chunk is committed; only the reduce tasks may be missing.
+                return self.publish_reduce(publisher, &job.spec).await;
+            }
+            state => {
+                tracing::info!(%state, "task of an ended job; dropping");
+                return Disposition::Ack;
+            }
+        }
+        let body_limit = job.spec.chunk_size.max(job.spec.max_record_size + 2);
+        if delivery.body.len() as u64 > body_limit {
+            return Disposition::DeadLetter(format!(
+                "chunk {} is {} bytes, more than the job's limit of {body_limit}: not a task this job's producer sent",
+                task.chunk,
+                delivery.body.len()
+            ));
+        }
+        let attempt = delivery.previous_deliveries + 1;
+        if attempt > u64::from(self.max_attempts) {
+            let last_error = match self.store.chunk_error(&job.spec.id, task.chunk).await {
+                Ok(Some(error)) => error,
+                Ok(None) => "the process handling it died or stalled each time".to_string(),
+                Err(error) => return store_disposition(error),
+            };
+            let reason = format!(
+                "chunk {} (`{}`, line {}) failed on all {} attempts; last error: {last_error}",
+                task.chunk, task.source, task.first_line, self.max_attempts
+            );
+            return match self.fail_job(&job.spec, &reason).await {
+                Ok(()) => Disposition::DeadLetter(reason),
+                Err(disposition) => disposition,
+            };
+        }
         if self.faults.map_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.faults.map_delay_ms)).await;
         }
         let code = job.code.clone();
         let partitions = job.spec.partitions;
         let source = task.source.clone();
-        let (offset, first_line) = (task.offset, task.first_line);
+        let (offset, first_line, chunk) = (task.offset, task.first_line, task.chunk);
+        let panic_on = self.faults.panic_on_chunk;
+        let body = delivery.body;
         let mapped = tokio::task::spawn_blocking(move || {
+            if panic_on == Some(chunk) {
+                panic!("fault injection: poison chunk {chunk}");
+            }
             let ctx = ChunkContext {
                 source: &source,
                 offset,
@@ -200,24 +293,24 @@ impl MapHandler {
             }
             Err(join_error) => {
                 let cause = if join_error.is_panic() {
-                    panic_message(&*join_error.into_panic())
+                    format!("panic: {}", panic_message(&*join_error.into_panic()))
                 } else {
                     "map task was cancelled".to_string()
                 };
-                let reason = format!(
-                    "map panicked on chunk {} (`{}`, line {}): {cause}",
-                    task.chunk, task.source, task.first_line
-                );
-                return self
-                    .fail_job(&job.spec, &reason)
+                tracing::error!(attempt, cause = %cause, "map failed; the chunk will be retried");
+                if let Err(error) = self
+                    .store
+                    .record_chunk_error(&job.spec.id, task.chunk, &cause)
                     .await
-                    .err()
-                    .unwrap_or(Disposition::Ack);
+                {
+                    return store_disposition(error);
+                }
+                return Disposition::Retry(format!("attempt {attempt} failed: {cause}"));
             }
         };
         let outcome = match self
             .store
-            .commit_chunk(&job.spec, task.chunk, &output)
+            .commit_chunk(&job.spec, task.chunk, delivery.redelivered, &output)
             .await
         {
             Ok(outcome) => outcome,
@@ -237,30 +330,41 @@ impl MapHandler {
                 tracing::info!("chunk already committed; dropping duplicate delivery");
                 Disposition::Ack
             }
-            CommitOutcome::Completed | CommitOutcome::NotRunning(JobState::Reducing) => {
-                if outcome == CommitOutcome::Completed {
-                    tracing::info!(partitions, "map phase complete; publishing reduce tasks");
-                }
-                match publish_reduce_tasks(publisher, &self.topology, &job.spec.id, partitions)
-                    .await
-                {
-                    Ok(()) => Disposition::Ack,
-                    // Not acked: the redelivery finds the job reducing and publishes again.
-                    Err(error) => Disposition::Retry(format!("publishing reduce tasks: {error}")),
-                }
+            CommitOutcome::Completed => {
+                tracing::info!(partitions, "map phase complete; publishing reduce tasks");
+                self.publish_reduce(publisher, &job.spec).await
+            }
+            CommitOutcome::NotRunning(JobState::Reducing) => {
+                self.publish_reduce(publisher, &job.spec).await
             }
             CommitOutcome::NotRunning(state) => {
                 tracing::info!(%state, "task of an ended job; dropping");
                 Disposition::Ack
             }
             CommitOutcome::Missing => Disposition::DeadLetter(format!(
-                "job `{}` vanished from Redis while its tasks were queued",
+                "job `{}` vanished from Redis while its tasks were queued (Redis lost its data?)",
                 task.job_id
             )),
             CommitOutcome::OutOfRange { total } => Disposition::DeadLetter(format!(
                 "chunk {} is beyond the job's {total} chunks",
                 task.chunk
             )),
+            CommitOutcome::Lost(detail) => {
+                let reason = lost_state_reason(&detail);
+                self.fail_job(&job.spec, &reason)
+                    .await
+                    .err()
+                    .unwrap_or(Disposition::Ack)
+            }
+        }
+    }
+
+    /// Publishes the job's reduce tasks; the delivery is acked only once they are confirmed.
+    async fn publish_reduce(&self, publisher: &mut Publisher, spec: &JobSpec) -> Disposition {
+        match publish_reduce_tasks(publisher, &self.topology, &spec.id, spec.partitions).await {
+            Ok(()) => Disposition::Ack,
+            // Not acked: the redelivery finds the job reducing and publishes again.
+            Err(error) => Disposition::Retry(format!("publishing reduce tasks: {error}")),
         }
     }
 }
@@ -276,9 +380,10 @@ impl TaskHandler for MapHandler {
             job_id = %map_task.job_id,
             chunk = map_task.chunk,
             bytes = task.body.len(),
-            redelivered = task.redelivered
+            redelivered = task.redelivered,
+            previous_deliveries = task.previous_deliveries,
         );
-        self.process(map_task, task.body, publisher)
+        self.process(map_task, task, publisher)
             .instrument(span)
             .await
     }

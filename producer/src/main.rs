@@ -46,6 +46,12 @@ enum Command {
     /// Write deterministic sample data to standard output (or --output), for demos and
     /// benchmarks: `producer generate text --size 100MiB > corpus.txt`.
     Generate(GenerateArgs),
+    /// Cancel a running job: workers drop its queued chunks, reducers skip it, and
+    /// `submit --wait` on it exits non-zero.
+    Cancel {
+        /// The job id printed by `submit`.
+        job: String,
+    },
     /// Print a succeeded job's result: one `key<TAB>value` line per record, sorted by key
     /// in byte order.
     Result {
@@ -96,7 +102,9 @@ struct SubmitArgs {
     #[arg(long, env = "CHUNKFLOW_MAX_RECORD_SIZE", default_value = "64MiB")]
     max_record_size: ByteSize,
 
-    /// Use this job id instead of a generated one (letters, digits, `-`, `_`).
+    /// Use this job id instead of a generated one (letters, digits, `-`, `_`). If a running
+    /// job with this id and the same settings exists, it is resumed: its chunks are
+    /// published again (duplicates are harmless) and it is sealed.
     #[arg(long, value_parser = parse_job_id)]
     job_id: Option<String>,
 
@@ -115,6 +123,11 @@ struct SubmitArgs {
     /// Pause publishing while the map queue holds more than this many bytes of chunks.
     #[arg(long, env = "CHUNKFLOW_MAX_QUEUED_BYTES", default_value = "512MiB")]
     max_queued_bytes: ByteSize,
+
+    /// If the broker connection is lost while publishing, keep reconnecting (and
+    /// republishing unconfirmed chunks) this long before giving up.
+    #[arg(long, env = "CHUNKFLOW_RECONNECT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    reconnect_timeout: Duration,
 
     /// Published but not yet confirmed bytes the producer may hold.
     #[arg(long, env = "CHUNKFLOW_MAX_UNCONFIRMED_BYTES", default_value = "32MiB")]
@@ -174,6 +187,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cancel { job } => {
+            let store = connect_store(&cli.connection).await?;
+            let status = producer::cancel_job(&store, &job).await?;
+            eprintln!("{job}: {}", producer::progress_summary(&status));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate(args) => {
             let out: Box<dyn Write> = match &args.output {
                 Some(path) => Box::new(
@@ -213,6 +232,7 @@ async fn submit(connection: &ConnectionArgs, args: SubmitArgs) -> anyhow::Result
         ttl: args.ttl,
         max_queued_bytes: args.max_queued_bytes.bytes(),
         max_unconfirmed_bytes: args.max_unconfirmed_bytes.bytes(),
+        reconnect_timeout: args.reconnect_timeout,
     };
     let mut submission = Submission::create(connection, &JobRegistry::stock(), options).await?;
     println!("{}", submission.job_id());

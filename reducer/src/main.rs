@@ -17,6 +17,20 @@ struct Cli {
     /// Deliveries the broker may hand this process ahead of the one in progress.
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
+
+    /// Lease on a partition while reducing it; renewed every third of it. A reducer that
+    /// stalls longer loses the partition to another and its late commit is refused.
+    #[arg(long, env = "CHUNKFLOW_LEASE", default_value = "30s", value_parser = chunkflow::config::parse_duration)]
+    lease: std::time::Duration,
+
+    /// After SIGTERM, how long the partition in hand may take before it is given back.
+    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = chunkflow::config::parse_duration)]
+    grace_period: std::time::Duration,
+
+    /// Fail a running job whose producer stopped publishing (and heartbeating) this long
+    /// before sealing it.
+    #[arg(long, env = "CHUNKFLOW_PRODUCER_TIMEOUT", default_value = "5m", value_parser = chunkflow::config::parse_duration)]
+    producer_timeout: std::time::Duration,
 }
 
 #[tokio::main]
@@ -27,6 +41,9 @@ async fn main() -> ExitCode {
     let config = ReducerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
+        lease: cli.lease.max(std::time::Duration::from_millis(300)),
+        grace_period: cli.grace_period,
+        producer_timeout: cli.producer_timeout,
         registry: JobRegistry::stock(),
     };
     match run(config, shutdown).await {

@@ -17,6 +17,17 @@ struct Cli {
     /// Deliveries the broker may hand this process ahead of the one in progress.
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
+
+    /// Deliveries of one chunk (panics, or a worker dying on it) before its job is failed
+    /// and the chunk dead-lettered (1 to 19).
+    #[arg(long, env = "CHUNKFLOW_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=chunkflow::worker::MAX_ATTEMPTS_LIMIT as i64))]
+    max_attempts: u32,
+
+    /// After SIGTERM, how long the chunk in hand may take before it is given back to the
+    /// queue (match the container's stop grace period).
+    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = chunkflow::config::parse_duration)]
+    grace_period: std::time::Duration,
 }
 
 #[tokio::main]
@@ -27,6 +38,8 @@ async fn main() -> ExitCode {
     let config = WorkerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
+        max_attempts: cli.max_attempts,
+        grace_period: cli.grace_period,
         registry: JobRegistry::stock(),
     };
     match run(config, shutdown).await {
