@@ -5,4 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
+rm -f target/chaos-report.txt
 cargo test --workspace "$@"
+if [ -f target/chaos-report.txt ]; then
+  echo "chaos scenarios:"
+  sort target/chaos-report.txt
+fi

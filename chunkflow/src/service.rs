@@ -77,7 +77,7 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Waits `duration` unless shutdown comes first; returns `false` on shutdown.
 pub async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {

@@ -477,3 +477,80 @@ pub fn generate_text(seed: u64, lines: usize) -> Vec<u8> {
     }
     out
 }
+
+/// Prints (and appends to `target/chaos-report.txt`) the one-line summary of a scenario:
+/// chunks, deliveries, redeliveries, duplicates detected and dropped, result identical.
+pub fn report(cluster: &Cluster, scenario: &str, job: &str, identical: bool) {
+    let status = cluster.status(job);
+    let stat = |name: &str| status["deliveries"][name].as_u64().unwrap_or(0);
+    let line = format!(
+        "scenario {scenario}: state {}, chunks {}, deliveries {}, redeliveries {}, duplicates dropped {}, result identical {}",
+        status["state"].as_str().unwrap_or("?"),
+        status["chunks_total"],
+        stat("deliveries"),
+        stat("redeliveries"),
+        stat("duplicates"),
+        if identical { "yes" } else { "no" },
+    );
+    println!("{line}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-report.txt");
+    if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Writes `lines` lines of text and returns (path, bytes, reference result).
+pub fn text_input(
+    cluster: &Cluster,
+    name: &str,
+    seed: u64,
+    lines: usize,
+) -> (String, Vec<u8>, String) {
+    let data = generate_text(seed, lines);
+    let path = cluster.write_file(name, &data);
+    let expected = reference_wordcount(&[&data]);
+    (path, data, expected)
+}
+
+/// Runs `rabbitmqctl ARGS`, asserting success.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Cluster {
+    /// Chunks committed so far (0 while unknown).
+    pub fn committed(&self, job: &str) -> u64 {
+        self.status(job)["chunks_committed"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits for a `submit --wait` started with [`Cluster::submit_background`] and returns
+    /// its exit status and standard error.
+    pub fn finish_submit(&self, child: Child, timeout: Duration) -> (ExitStatus, String) {
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(output) => {
+                let output = output.unwrap();
+                (
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                )
+            }
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                panic!("submit --wait did not finish within {timeout:?}");
+            }
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! `reducer` binaries as processes. Each test runs in its own namespace and removes it.
 
 mod bad_input;
+mod chaos;
 mod faults;
 mod helpers;
 mod pipeline;

@@ -1,0 +1,173 @@
+//! The chaos suite, part 2: scenarios that disturb the shared RabbitMQ or Redis (closing
+//! every connection, stopping the broker, pausing or killing Redis clients). They run one
+//! at a time (a process-wide lock), in their own test binary, and leave the services as
+//! they found them, even when an assertion fails.
+
+#[path = "../e2e/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use helpers::*;
+
+static ALONE: Mutex<()> = Mutex::new(());
+const LONG: Duration = Duration::from_secs(180);
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A job that is mid-publish and mid-processing when the fault hits.
+struct Running {
+    producer: std::process::Child,
+    job: String,
+    expected: String,
+    bytes: u64,
+}
+
+fn start_busy_job(cluster: &mut Cluster, worker_env: &[(&str, &str)], seed: u64) -> Running {
+    let (file, data, expected) = text_input(cluster, "a.txt", seed, 4000);
+    let slow: Vec<(&str, &str)> = [("CHUNKFLOW_FAULT", "map-delay-ms=20")]
+        .into_iter()
+        .chain(worker_env.iter().copied())
+        .collect();
+    cluster.worker(&slow);
+    cluster.worker(&slow);
+    cluster.reducer(worker_env);
+    let (producer, job) = cluster.submit_background(
+        &["--chunk-size", "1KiB", "--max-queued-bytes", "16KiB", "-q"],
+        &[&file],
+    );
+    wait_for("the job to make progress", LONG, || {
+        (cluster.committed(&job) >= 5).then_some(())
+    });
+    assert!(
+        cluster.status(&job)["chunks_total"].is_null(),
+        "the fault must hit mid-publish"
+    );
+    Running {
+        producer,
+        job,
+        expected,
+        bytes: data.len() as u64,
+    }
+}
+
+fn finish(cluster: &Cluster, running: Running, scenario: &str) {
+    let (status, stderr) = cluster.finish_submit(running.producer, LONG);
+    assert!(status.success(), "{scenario}: {stderr}");
+    let identical = cluster.result(&running.job) == running.expected;
+    report(cluster, scenario, &running.job, identical);
+    assert!(
+        identical,
+        "{scenario}: result differs from the sequential reference"
+    );
+    assert_eq!(
+        cluster.status(&running.job)["counters"]["bytes_read"],
+        running.bytes
+    );
+}
+
+/// Scenario 7: every broker connection closed by force mid-job.
+#[test]
+fn scenario_07_all_broker_connections_closed() {
+    let _alone = alone();
+    let mut cluster = Cluster::new("x-close");
+    let running = start_busy_job(&mut cluster, &[], 41);
+    rabbitmqctl(&[
+        "close_all_connections",
+        "chaos test: closing every connection",
+    ]);
+    finish(&cluster, running, "07 all broker connections closed");
+    assert!(
+        cluster.log("worker", 0).contains("reconnecting"),
+        "workers noticed and reconnected"
+    );
+}
+
+/// Restarts the broker's application on drop, whatever happened.
+struct BrokerRestart;
+
+impl Drop for BrokerRestart {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+    }
+}
+
+/// Scenario 8: RabbitMQ stopped and started mid-job.
+#[test]
+fn scenario_08_broker_stopped_and_started() {
+    let _alone = alone();
+    let mut cluster = Cluster::new("x-restart");
+    let running = start_busy_job(&mut cluster, &[], 42);
+    let restart = BrokerRestart;
+    rabbitmqctl(&["stop_app"]);
+    wait_for("workers to notice the broker is gone", LONG, || {
+        cluster
+            .log("worker", 0)
+            .contains("reconnecting")
+            .then_some(())
+    });
+    rabbitmqctl(&["start_app"]);
+    drop(restart);
+    finish(&cluster, running, "08 broker stopped and started");
+}
+
+/// Un-pauses Redis clients on drop.
+struct RedisUnpause;
+
+impl Drop for RedisUnpause {
+    fn drop(&mut self) {
+        let _: Result<(), _> = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut redis());
+    }
+}
+
+/// Scenario 9: Redis paused longer than the workers' command timeout.
+#[test]
+fn scenario_09_redis_paused_past_command_timeout() {
+    let _alone = alone();
+    let mut cluster = Cluster::new("x-pause");
+    let running = start_busy_job(&mut cluster, &[("CHUNKFLOW_REDIS_TIMEOUT", "500ms")], 43);
+    let unpause = RedisUnpause;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut redis())
+        .unwrap();
+    wait_for("a worker to time out on Redis", LONG, || {
+        let logs = cluster.log("worker", 0) + &cluster.log("worker", 1);
+        logs.contains("requeueing task").then_some(())
+    });
+    drop(unpause);
+    finish(
+        &cluster,
+        running,
+        "09 Redis paused past the command timeout",
+    );
+}
+
+/// Scenario 10: every Redis client connection killed mid-job.
+#[test]
+fn scenario_10_redis_client_connections_killed() {
+    let _alone = alone();
+    let mut cluster = Cluster::new("x-kill");
+    let running = start_busy_job(&mut cluster, &[], 44);
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut redis())
+        .unwrap();
+    assert!(
+        killed >= 3,
+        "workers, reducer and producer were connected ({killed} killed)"
+    );
+    finish(&cluster, running, "10 Redis client connections killed");
+}
