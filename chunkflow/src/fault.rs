@@ -8,6 +8,8 @@
 //! - `map-delay-ms=N`: the worker sleeps N ms per chunk (to make a job slow enough to kill
 //!   a process in the middle of it);
 //! - `panic-on-chunk=N`: map panics on chunk N of every job (a poison task);
+//! - `abort-on-chunk=N`: the worker process aborts when it takes chunk N (a task that kills
+//!   every worker that takes it);
 //! - `reduce-delay-ms=N`: the reducer sleeps N ms while holding a partition's lease.
 
 /// The faults in force for this process.
@@ -17,6 +19,7 @@ pub struct Faults {
     pub publish_twice: bool,
     pub map_delay_ms: u64,
     pub panic_on_chunk: Option<u64>,
+    pub abort_on_chunk: Option<u64>,
     pub reduce_delay_ms: u64,
 }
 
@@ -43,6 +46,7 @@ impl Faults {
                 "publish-twice" => faults.publish_twice = true,
                 "map-delay-ms" => faults.map_delay_ms = value.parse().unwrap_or(0),
                 "panic-on-chunk" => faults.panic_on_chunk = value.parse().ok(),
+                "abort-on-chunk" => faults.abort_on_chunk = value.parse().ok(),
                 "reduce-delay-ms" => faults.reduce_delay_ms = value.parse().unwrap_or(0),
                 _ => {}
             }

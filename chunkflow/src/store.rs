@@ -445,10 +445,12 @@ impl Store {
             keys: Keys::new(namespace),
         };
         let mut conn = store.conn().await.map_err(|e| match e {
-            StoreError::Pool(text) => StoreError::Connect {
-                url: redact_url(url),
-                source: RedisError::from((redis::ErrorKind::Io, "connect failed", text)),
-            },
+            StoreError::Redis(source) => connect_error(source),
+            StoreError::Pool(text) => connect_error(RedisError::from((
+                redis::ErrorKind::Io,
+                "connect failed",
+                text,
+            ))),
             other => other,
         })?;
         let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut *conn).await;

@@ -1,6 +1,8 @@
 //! Logging setup shared by the binaries (and tests): structured `tracing` to standard
 //! error, filtered by `RUST_LOG` (default given by the caller).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
@@ -10,6 +12,7 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -256,6 +256,10 @@ impl MapHandler {
                 Err(disposition) => disposition,
             };
         }
+        if self.faults.abort_on_chunk == Some(task.chunk) {
+            tracing::error!("fault injection: aborting on this chunk");
+            std::process::abort();
+        }
         if self.faults.map_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.faults.map_delay_ms)).await;
         }

@@ -122,3 +122,48 @@ fn help_explains_and_hides_passwords() {
         );
     }
 }
+
+#[test]
+fn passwords_never_reach_logs_or_errors() {
+    let mut cluster = Cluster::new("secrets");
+    let secret = "s3cret-pw-9f8e";
+    let bad_amqp = format!("amqp://guest:{secret}@127.0.0.1:1/%2f");
+    let bad_redis = format!("redis://:{secret}@127.0.0.1:1/0");
+    let worker = cluster.worker(&[("AMQP_URL", bad_amqp.as_str())]);
+    let reducer = cluster.reducer(&[("REDIS_URL", bad_redis.as_str())]);
+    wait_for(
+        "connection errors to be logged",
+        std::time::Duration::from_secs(30),
+        || {
+            (cluster.log("worker", worker).contains("reconnecting")
+                && cluster
+                    .log("reducer", reducer)
+                    .contains("Redis unavailable"))
+            .then_some(())
+        },
+    );
+    for (role, index) in [("worker", worker), ("reducer", reducer)] {
+        cluster.service(index).signal("TERM");
+        assert!(cluster
+            .service(index)
+            .wait_exit(std::time::Duration::from_secs(20))
+            .success());
+        let log = cluster.log(role, index);
+        assert!(
+            log.contains("127.0.0.1:1"),
+            "the error names the endpoint: {log}"
+        );
+        assert!(!log.contains(secret), "{role} logged the password: {log}");
+    }
+    let file = cluster.write_file("a.txt", b"x\n");
+    for env in [
+        ("AMQP_URL", bad_amqp.as_str()),
+        ("REDIS_URL", bad_redis.as_str()),
+    ] {
+        let output = cluster.producer(&["submit", "--job", "wordcount", &file], &[env], None);
+        assert!(!output.status.success());
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains("cannot"), "{stderr}");
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
+}

@@ -230,7 +230,7 @@ fn scenario_06_poison_task_fails_the_job_and_is_dead_lettered() {
         (cluster.queue_depth(&topology.map_queue()) == 0).then_some(())
     });
     assert!(cluster.service(first).is_running() && cluster.service(second).is_running());
-    report(&cluster, "06 poison task (failed as expected)", &job, true);
+    report(&cluster, "06 poison task", &job, None);
 }
 
 /// Scenario 12: a worker frozen with SIGSTOP past the broker's heartbeat, then resumed:
@@ -376,7 +376,7 @@ fn scenario_14_cancel_mid_run() {
         "cancelling an ended job is an error"
     );
     assert!(cluster.service(worker).is_running());
-    report(&cluster, "14 cancelled mid-run", &job, true);
+    report(&cluster, "14 cancelled mid-run", &job, None);
 }
 
 fn start_stalled_producer(
@@ -480,12 +480,7 @@ fn scenario_15b_vanished_producer_fails_the_job_after_a_deadline() {
             .contains("producer stopped publishing"),
         "{status}"
     );
-    report(
-        &cluster,
-        "15b producer vanished (failed as expected)",
-        &job,
-        true,
-    );
+    report(&cluster, "15b producer vanished", &job, None);
 }
 
 /// Bad input: a FIFO or device, binary data, CR-only line ends, many distinct keys.
@@ -537,4 +532,47 @@ fn bad_and_odd_inputs() {
         let job = cluster.submit_wait(&["--chunk-size", "64KiB", "-q"], &[&paths[index]], &[]);
         assert_eq!(cluster.result(&job), reference_wordcount(&[data]), "{name}");
     }
+}
+
+/// Scenario 6b: a task that kills every worker that takes it: after `max-attempts`
+/// deliveries (counted by the broker, deaths included) the job fails naming the chunk.
+#[test]
+fn scenario_06b_task_that_kills_every_worker() {
+    let mut cluster = Cluster::new("chaos-killer");
+    let (file, _, _) = text_input(&cluster, "a.txt", 31, 600);
+    let deadly = [
+        ("CHUNKFLOW_FAULT", "abort-on-chunk=1"),
+        ("CHUNKFLOW_MAX_ATTEMPTS", "2"),
+        ("CHUNKFLOW_PREFETCH", "1"),
+    ];
+    cluster.reducer(&[]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
+    let mut deaths = 0;
+    let mut current = cluster.worker(&deadly);
+    loop {
+        let exited = wait_for("the worker to die or the job to fail", LONG, || {
+            if !cluster.service(current).is_running() {
+                return Some(true);
+            }
+            (cluster.status(&job)["state"] == "failed").then_some(false)
+        });
+        if !exited {
+            break;
+        }
+        deaths += 1;
+        assert!(deaths <= 3, "the chunk must be given up after 2 attempts");
+        current = cluster.worker(&deadly);
+    }
+    assert_eq!(deaths, 2, "two workers died on the chunk");
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("chunk 1") && stderr.contains("died or stalled"),
+        "{stderr}"
+    );
+    assert!(
+        cluster.service(current).is_running(),
+        "the third worker survives"
+    );
+    report(&cluster, "06b task that kills every worker", &job, None);
 }

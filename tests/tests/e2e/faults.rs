@@ -97,11 +97,14 @@ fn every_task_delivered_twice_gives_identical_result() {
                 .then_some(())
         },
     );
-    assert_eq!(
-        cluster.result(&job),
-        expected,
-        "late duplicates change nothing"
+    let identical = cluster.result(&job) == expected;
+    report(
+        &cluster,
+        "04 every task delivered twice, and late duplicates after the end",
+        &job,
+        identical,
     );
+    assert!(identical, "late duplicates change nothing");
     assert_eq!(cluster.queue_depth(&topology.dead_letter_queue()), 0);
     assert!(cluster.service(0).is_running() && cluster.service(2).is_running());
 }
@@ -134,7 +137,14 @@ fn worker_killed_mid_job_and_restarted_gives_identical_result() {
         status.success(),
         "submit --wait failed after a worker was killed"
     );
-    assert_eq!(cluster.result(&job), reference_wordcount(&[&data]));
+    let identical = cluster.result(&job) == reference_wordcount(&[&data]);
+    report(
+        &cluster,
+        "01b one worker SIGKILLed mid-job, restarted",
+        &job,
+        identical,
+    );
+    assert!(identical);
     let status = cluster.status(&job);
     assert_eq!(status["counters"]["bytes_read"], data.len() as u64);
 }
@@ -159,7 +169,14 @@ fn crash_between_commit_and_ack_counts_the_chunk_once() {
         .contains("aborting after commit"));
     let replacement = cluster.worker(&[]);
     assert!(producer.wait().unwrap().success());
-    assert_eq!(cluster.result(&job), reference_wordcount(&[&data]));
+    let identical = cluster.result(&job) == reference_wordcount(&[&data]);
+    report(
+        &cluster,
+        "02 crash between the Redis commit and the ack",
+        &job,
+        identical,
+    );
+    assert!(identical);
     let status = cluster.status(&job);
     assert_eq!(
         status["counters"]["records_read"],

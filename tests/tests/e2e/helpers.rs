@@ -480,17 +480,23 @@ pub fn generate_text(seed: u64, lines: usize) -> Vec<u8> {
 
 /// Prints (and appends to `target/chaos-report.txt`) the one-line summary of a scenario:
 /// chunks, deliveries, redeliveries, duplicates detected and dropped, result identical.
-pub fn report(cluster: &Cluster, scenario: &str, job: &str, identical: bool) {
+/// `identical` is `None` for scenarios whose expected outcome is a failed job.
+pub fn report(cluster: &Cluster, scenario: &str, job: &str, identical: impl Into<Option<bool>>) {
+    let identical: Option<bool> = identical.into();
     let status = cluster.status(job);
     let stat = |name: &str| status["deliveries"][name].as_u64().unwrap_or(0);
     let line = format!(
-        "scenario {scenario}: state {}, chunks {}, deliveries {}, redeliveries {}, duplicates dropped {}, result identical {}",
+        "scenario {scenario}: state {}, chunks {}, deliveries {}, redeliveries {}, duplicates dropped {}, {}",
         status["state"].as_str().unwrap_or("?"),
         status["chunks_total"],
         stat("deliveries"),
         stat("redeliveries"),
         stat("duplicates"),
-        if identical { "yes" } else { "no" },
+        match identical {
+            Some(true) => "result identical: yes",
+            Some(false) => "result identical: NO",
+            None => "no result (the job failed or was cancelled, as the scenario expects)",
+        },
     );
     println!("{line}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-report.txt");
@@ -512,7 +518,8 @@ pub fn text_input(
     (path, data, expected)
 }
 
-/// Runs `rabbitmqctl ARGS`, asserting success.
+/// Runs `rabbitmqctl ARGS`, asserting success (used by the exclusive scenarios).
+#[allow(dead_code)]
 pub fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl")
         .args(args)
