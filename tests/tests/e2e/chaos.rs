@@ -513,7 +513,7 @@ fn bad_and_odd_inputs() {
     }
     let cr_only = b"Old Mac\rline ends\rCR only\r".repeat(50);
     let mut distinct = Vec::new();
-    for i in 0..300_000u32 {
+    for i in 0..1_000_000u32 {
         distinct.extend_from_slice(format!("key{i:x}z ").as_bytes());
         if i % 16 == 15 {
             distinct.push(b'\n');
