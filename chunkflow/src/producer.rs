@@ -457,10 +457,13 @@ impl Submission {
                     .unwrap_or_default();
                 Err(ProducerError::JobEnded { job, state, reason })
             }
-            SealOutcome::Missing => Err(ProducerError::JobVanished {
-                job,
-                state: JobState::Running,
-            }),
+            SealOutcome::Missing => {
+                record_vanished(&self.store, &self.spec, JobState::Running).await;
+                Err(ProducerError::JobVanished {
+                    job,
+                    state: JobState::Running,
+                })
+            }
             SealOutcome::Mismatch { recorded } => Err(ProducerError::Protocol {
                 job,
                 what: format!("it was already sealed with {recorded} chunks, but this submit published {total}: the input changed"),
@@ -558,6 +561,17 @@ pub async fn cancel_job(store: &Store, job: &str) -> Result<JobStatus, ProducerE
     Ok(after)
 }
 
+/// Leaves a failed record for a job whose state Redis lost, so `status` tells why.
+async fn record_vanished(store: &Store, spec: &JobSpec, state: JobState) {
+    let reason = format!(
+        "Redis lost this job's state while it was {state} (a restart without persistence, or \
+         eviction); its result cannot be trusted: re-submit it"
+    );
+    if let Err(error) = store.tombstone_lost_job(spec, &reason).await {
+        tracing::warn!(error = %error, "could not record the lost job");
+    }
+}
+
 /// Polls a job until it ends, printing progress lines to standard error.
 pub async fn wait_for_job(
     store: &Store,
@@ -567,16 +581,19 @@ pub async fn wait_for_job(
 ) -> Result<JobStatus, ProducerError> {
     let mut progress = Progress::new(show_progress);
     let mut poll = Duration::from_millis(20);
-    let mut last_state: Option<JobState> = None;
+    let mut last_seen: Option<(JobSpec, JobState)> = None;
     loop {
         let status = match store.status(job).await? {
             Some(status) => status,
             None => {
-                return Err(match last_state {
-                    Some(state) => ProducerError::JobVanished {
-                        job: job.to_string(),
-                        state,
-                    },
+                return Err(match last_seen {
+                    Some((spec, state)) => {
+                        record_vanished(store, &spec, state).await;
+                        ProducerError::JobVanished {
+                            job: job.to_string(),
+                            state,
+                        }
+                    }
                     None => ProducerError::NoSuchJob {
                         job: job.to_string(),
                         namespace: store.keys().namespace().to_string(),
@@ -584,7 +601,7 @@ pub async fn wait_for_job(
                 })
             }
         };
-        last_state = Some(status.state);
+        last_seen = Some((status.spec.clone(), status.state));
         let ended = status.state.is_final();
         progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
         match status.state {

@@ -153,6 +153,8 @@ enum SessionError {
     ConsumerEnded,
     #[error("the publishing channel was lost")]
     PublisherLost,
+    #[error("the consuming channel was lost (an ack or reject was not delivered)")]
+    ChannelLost,
 }
 
 /// Resolves `grace` after shutdown is requested.
@@ -247,6 +249,7 @@ async fn session<H: TaskHandler>(
                 ?disposition,
                 "settlement not delivered (channel closed); the broker will redeliver, which the commit protocol makes harmless"
             );
+            return Err(SessionError::ChannelLost);
         }
     }
 }

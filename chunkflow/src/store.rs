@@ -345,6 +345,21 @@ return 1
     )
 });
 
+static TOMBSTONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua
+-- KEYS: meta. ARGV: spec json, partitions, reason, now_ms, ttl_secs
+-- Records that a job whose state Redis lost has failed. Only if nothing is there: it
+-- never mixes with (or revives) a job's real state.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', 'failed', 'partitions', ARGV[2],
+  'reason', ARGV[3], 'created_ms', ARGV[4], 'finished_ms', ARGV[4], 'updated_ms', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"#,
+    )
+});
+
 static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"#!lua
@@ -742,6 +757,31 @@ impl Store {
                 })
             }
         })
+    }
+
+    /// Records a failed job whose whole record Redis lost (it restarted empty, or evicted
+    /// it), so that `status` shows why and workers drop its remaining tasks. Does nothing if
+    /// any record of the job exists.
+    pub async fn tombstone_lost_job(
+        &self,
+        spec: &JobSpec,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+            job: spec.id.clone(),
+            what: e.to_string(),
+        })?;
+        let mut invocation = TOMBSTONE.prepare_invoke();
+        invocation
+            .key(self.keys.job(&spec.id).meta())
+            .arg(spec_json)
+            .arg(spec.partitions)
+            .arg(reason)
+            .arg(now_ms())
+            .arg(spec.ttl_secs);
+        let mut conn = self.conn().await?;
+        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
+        Ok(Self::finish(conn, reply)? == 1)
     }
 
     /// Asks for the lease on a partition, valid for `ttl`.

@@ -285,15 +285,16 @@ impl MapHandler {
         let output = match mapped {
             Ok(Ok(output)) => output,
             Ok(Err(error)) => {
+                // Job code refused its input: retrying cannot help. The job fails and the
+                // chunk goes to the dead-letter queue for inspection.
                 let reason = format!(
                     "map failed on chunk {} (`{}`, line {}): {error}",
                     task.chunk, task.source, task.first_line
                 );
-                return self
-                    .fail_job(&job.spec, &reason)
-                    .await
-                    .err()
-                    .unwrap_or(Disposition::Ack);
+                return match self.fail_job(&job.spec, &reason).await {
+                    Ok(()) => Disposition::DeadLetter(reason),
+                    Err(disposition) => disposition,
+                };
             }
             Err(join_error) => {
                 let cause = if join_error.is_panic() {

@@ -576,3 +576,45 @@ fn scenario_06b_task_that_kills_every_worker() {
     );
     report(&cluster, "06b task that kills every worker", &job, None);
 }
+
+/// Scenario 11: Redis restarts without persistence under a running job (a private Redis,
+/// not the shared one): the job fails and the reason says the state was lost.
+#[test]
+fn scenario_11_redis_restart_without_persistence() {
+    let mut private = PrivateRedis::start();
+    let mut cluster = Cluster::new("chaos-redis-restart");
+    cluster.use_redis(&private.url());
+    let (file, _, _) = text_input(&cluster, "a.txt", 32, 3000);
+    let worker = cluster.worker(&[("CHUNKFLOW_FAULT", "map-delay-ms=100")]);
+    cluster.reducer(&[]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
+    wait_for("some chunks to commit", LONG, || {
+        (cluster.committed(&job) >= 3).then_some(())
+    });
+    private.restart_empty();
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(!status.success(), "the job must not succeed");
+    assert!(stderr.contains("Redis lost"), "{stderr}");
+    let status = cluster.status(&job);
+    assert_eq!(status["state"], "failed");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lost this job's state"),
+        "{status}"
+    );
+    let map_queue = cluster.topology().map_queue();
+    wait_for("the remaining chunks to be dropped", LONG, || {
+        (cluster.queue_depth(&map_queue) == 0).then_some(())
+    });
+    assert!(cluster.service(worker).is_running());
+    let result = cluster.producer(&["result", &job], &[], None);
+    assert!(!result.status.success(), "no result is ever reported");
+    report(
+        &cluster,
+        "11 Redis restarted without persistence",
+        &job,
+        None,
+    );
+}

@@ -158,6 +158,7 @@ pub struct Cluster {
     pub namespace: String,
     pub dir: PathBuf,
     services: Vec<Service>,
+    redis_url: String,
 }
 
 impl Cluster {
@@ -170,7 +171,13 @@ impl Cluster {
             namespace,
             dir,
             services: Vec::new(),
+            redis_url: REDIS_URL.to_string(),
         }
+    }
+
+    /// Points every process this cluster starts at another Redis (a private one).
+    pub fn use_redis(&mut self, url: &str) {
+        self.redis_url = url.to_string();
     }
 
     pub fn command(&self, binary: &str) -> Command {
@@ -178,7 +185,7 @@ impl Cluster {
         command
             .env("CHUNKFLOW_NAMESPACE", &self.namespace)
             .env("AMQP_URL", AMQP_URL)
-            .env("REDIS_URL", REDIS_URL)
+            .env("REDIS_URL", &self.redis_url)
             .env("RUST_LOG", "info")
             .env_remove("CHUNKFLOW_FAULT");
         command
@@ -559,5 +566,66 @@ impl Cluster {
                 panic!("submit --wait did not finish within {timeout:?}");
             }
         }
+    }
+}
+
+/// A Redis server of the test's own, without persistence, on a free port: it can be
+/// restarted (losing everything) without touching the shared one.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Self::spawn(port);
+        PrivateRedis { port, child }
+    }
+
+    fn spawn(port: u16) -> Child {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a private redis-server");
+        wait_for(
+            "the private Redis to listen",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        child
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
