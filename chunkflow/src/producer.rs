@@ -627,7 +627,7 @@ pub async fn wait_for_job(
             JobState::Running | JobState::Reducing => {}
         }
         tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_millis(250));
+        poll = (poll * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -44,6 +44,8 @@ pub struct ReducerConfig {
     /// A running job whose producer has not been heard from for this long, and has not
     /// sealed the job, is failed.
     pub producer_timeout: Duration,
+    /// Partitions reduced at once (one consume loop each).
+    pub concurrency: usize,
     pub registry: JobRegistry,
 }
 
@@ -66,14 +68,16 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         config.producer_timeout,
         shutdown.clone(),
     ));
-    let mut handler = ReduceHandler {
-        store,
-        registry: config.registry,
-        lease: config.lease,
-        faults: Faults::from_env(),
-    };
-    let result =
-        service::run_consumer(&config.connection, &settings, &mut handler, &shutdown).await;
+    let faults = Faults::from_env();
+    let handlers = (0..config.concurrency.max(1))
+        .map(|_| ReduceHandler {
+            store: store.clone(),
+            registry: config.registry.clone(),
+            lease: config.lease,
+            faults: faults.clone(),
+        })
+        .collect();
+    let result = service::run_consumers(&config.connection, &settings, handlers, &shutdown).await;
     janitor.abort();
     result
 }

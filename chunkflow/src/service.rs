@@ -108,6 +108,39 @@ pub async fn connect_store(
     }
 }
 
+/// Runs one consume loop per handler, concurrently (each with its own channel and
+/// prefetch), until shutdown. One handler is one task in progress at a time.
+pub async fn run_consumers<H>(
+    args: &ConnectionArgs,
+    settings: &ConsumerSettings,
+    handlers: Vec<H>,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError>
+where
+    H: TaskHandler + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut handler in handlers {
+        let (args, settings, shutdown) = (args.clone(), settings.clone(), shutdown.clone());
+        tasks.spawn(async move { run_consumer(&args, &settings, &mut handler, &shutdown).await });
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                shutdown.cancel();
+                outcome = Err(error);
+            }
+            Err(join_error) => {
+                shutdown.cancel();
+                tracing::error!(error = %join_error, "a consume loop panicked");
+            }
+        }
+    }
+    outcome
+}
+
 /// Consumes `settings.queue` with `handler` until shutdown, reconnecting as needed.
 pub async fn run_consumer<H: TaskHandler>(
     args: &ConnectionArgs,

@@ -912,15 +912,15 @@ impl Store {
         job_id: &str,
     ) -> Result<Option<(JobState, Option<u64>, u64)>, StoreError> {
         let mut conn = self.conn().await?;
-        let reply: RedisResult<(Option<String>, Option<u64>, Option<u64>, Option<u64>)> =
-            redis::cmd("HMGET")
-                .arg(self.keys.job(job_id).meta())
-                .arg("state")
-                .arg("total")
-                .arg("producer_seen_ms")
-                .arg("created_ms")
-                .query_async(&mut *conn)
-                .await;
+        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
+        let reply: RedisResult<Fields> = redis::cmd("HMGET")
+            .arg(self.keys.job(job_id).meta())
+            .arg("state")
+            .arg("total")
+            .arg("producer_seen_ms")
+            .arg("created_ms")
+            .query_async(&mut *conn)
+            .await;
         let (state, total, seen, created) = Self::finish(conn, reply)?;
         let Some(state) = state else {
             return Ok(None);

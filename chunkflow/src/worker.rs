@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// After SIGTERM, how long the chunk in hand may take before it is given back.
     pub grace_period: Duration,
+    /// Chunks processed at once (one consume loop each).
+    pub concurrency: usize,
     pub registry: JobRegistry,
 }
 
@@ -62,16 +64,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         retry_pause: Duration::from_secs(1),
         grace_period: config.grace_period,
     };
-    let mut handler = MapHandler {
-        store,
-        registry: config.registry,
-        topology,
-        jobs: HashMap::new(),
-        faults: Faults::from_env(),
-        max_attempts: config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT),
-        commits: 0,
-    };
-    service::run_consumer(&config.connection, &settings, &mut handler, &shutdown).await
+    let faults = Faults::from_env();
+    let max_attempts = config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT);
+    let handlers = (0..config.concurrency.max(1))
+        .map(|_| MapHandler {
+            store: store.clone(),
+            registry: config.registry.clone(),
+            topology: topology.clone(),
+            jobs: HashMap::new(),
+            faults: faults.clone(),
+            max_attempts,
+            commits: 0,
+        })
+        .collect();
+    service::run_consumers(&config.connection, &settings, handlers, &shutdown).await
 }
 
 /// A job's spec and code, loaded once per job, and its state as last read.

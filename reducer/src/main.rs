@@ -18,6 +18,10 @@ struct Cli {
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
 
+    /// Partitions processed at once by this process (each with its own channel).
+    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+
     /// Lease on a partition while reducing it; renewed every third of it. A reducer that
     /// stalls longer loses the partition to another and its late commit is refused.
     #[arg(long, env = "CHUNKFLOW_LEASE", default_value = "30s", value_parser = chunkflow::config::parse_duration)]
@@ -41,6 +45,7 @@ async fn main() -> ExitCode {
     let config = ReducerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
+        concurrency: usize::from(cli.concurrency),
         lease: cli.lease.max(std::time::Duration::from_millis(300)),
         grace_period: cli.grace_period,
         producer_timeout: cli.producer_timeout,

@@ -18,6 +18,10 @@ struct Cli {
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
 
+    /// Chunks processed at once by this process (each with its own channel).
+    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+
     /// Deliveries of one chunk (panics, or a worker dying on it) before its job is failed
     /// and the chunk dead-lettered (1 to 19).
     #[arg(long, env = "CHUNKFLOW_MAX_ATTEMPTS", default_value_t = 5,
@@ -38,6 +42,7 @@ async fn main() -> ExitCode {
     let config = WorkerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
+        concurrency: usize::from(cli.concurrency),
         max_attempts: cli.max_attempts,
         grace_period: cli.grace_period,
         registry: JobRegistry::stock(),

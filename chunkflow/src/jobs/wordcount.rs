@@ -35,92 +35,154 @@ fn new_count_map() -> CountMap {
     CountMap::with_hasher(foldhash::fast::FixedState::default())
 }
 
-const fn ascii_alnum_table() -> [bool; 128] {
-    let mut table = [false; 128];
+/// Byte classes of ASCII: 0 separator, 1 lowercase letter or digit, 2 uppercase letter.
+const fn ascii_class_table() -> [u8; 128] {
+    let mut table = [0u8; 128];
     let mut b = 0;
     while b < 128 {
-        table[b] = (b as u8).is_ascii_alphanumeric();
+        let byte = b as u8;
+        table[b] = if byte.is_ascii_uppercase() {
+            2
+        } else if byte.is_ascii_alphanumeric() {
+            1
+        } else {
+            0
+        };
         b += 1;
     }
     table
 }
-static ASCII_ALNUM: [bool; 128] = ascii_alnum_table();
+static ASCII_CLASS: [u8; 128] = ascii_class_table();
 
-/// Whether the character starting at byte `i` of `text` is part of a word, and its length.
+/// Whether the non-ASCII character starting at byte `i` of `text` is part of a word, and
+/// its length.
 #[inline]
-fn class_at(text: &str, i: usize) -> (bool, usize) {
-    let byte = text.as_bytes()[i];
-    if byte < 0x80 {
-        (ASCII_ALNUM[byte as usize], 1)
-    } else {
-        // `i` is always a char boundary below `text.len()`: we only advance by whole chars.
-        match text[i..].chars().next() {
-            Some(c) => (c.is_alphanumeric(), c.len_utf8()),
-            None => (false, 1),
-        }
+fn unicode_class_at(text: &str, i: usize) -> (bool, usize) {
+    // `i` is always a char boundary below `text.len()`: we only advance by whole chars.
+    match text[i..].chars().next() {
+        Some(c) => (c.is_alphanumeric(), c.len_utf8()),
+        None => (false, 1),
     }
 }
 
-/// Calls `f(word, is_ascii)` for each word of `text`, before lowercasing.
-pub fn for_each_word(text: &str, mut f: impl FnMut(&str, bool)) {
-    let n = text.len();
+/// How a word was written, which decides how it is lowercased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordCase {
+    /// ASCII letters and digits, no uppercase: already its own key.
+    AsciiLower,
+    /// ASCII with at least one uppercase letter.
+    AsciiMixed,
+    /// Contains non-ASCII characters: needs `str::to_lowercase`.
+    Unicode,
+}
+
+/// Calls `f(word, case)` for each word of `text`, before lowercasing.
+pub fn for_each_word<'a>(text: &'a str, mut f: impl FnMut(&'a str, WordCase)) {
+    let bytes = text.as_bytes();
+    let n = bytes.len();
     let mut i = 0;
     while i < n {
-        let (is_word, len) = class_at(text, i);
-        if !is_word {
-            i += len;
-            continue;
-        }
-        let start = i;
-        let mut ascii = len == 1;
-        i += len;
-        while i < n {
-            let (is_word, len) = class_at(text, i);
-            if !is_word {
-                break;
-            }
-            ascii &= len == 1;
-            i += len;
-        }
-        f(&text[start..i], ascii);
-    }
-}
-
-/// Counts the lowercased words of `data` (lossy UTF-8) into `counts`.
-pub fn count_words(data: &[u8], counts: &mut CountMap) {
-    let text = String::from_utf8_lossy(data);
-    let mut scratch: Vec<u8> = Vec::with_capacity(64);
-    let mut bump = |key: &[u8]| match counts.get_mut(key) {
-        Some(count) => *count += 1,
-        None => {
-            counts.insert(key.to_vec(), 1);
-        }
-    };
-    for_each_word(&text, |word, ascii| {
-        if ascii {
-            let bytes = word.as_bytes();
-            if bytes.iter().any(u8::is_ascii_uppercase) {
-                scratch.clear();
-                scratch.extend(bytes.iter().map(u8::to_ascii_lowercase));
-                bump(&scratch);
-            } else {
-                bump(bytes);
+        // Skip separators.
+        let byte = bytes[i];
+        if byte < 0x80 {
+            if ASCII_CLASS[byte as usize] == 0 {
+                i += 1;
+                continue;
             }
         } else {
-            bump(word.to_lowercase().as_bytes());
+            let (is_word, len) = unicode_class_at(text, i);
+            if !is_word {
+                i += len;
+                continue;
+            }
         }
-    });
+        // A word starts at `i`: scan it, noting uppercase and non-ASCII characters.
+        let start = i;
+        let mut upper = false;
+        let mut unicode = false;
+        while i < n {
+            let byte = bytes[i];
+            if byte < 0x80 {
+                match ASCII_CLASS[byte as usize] {
+                    0 => break,
+                    class => {
+                        upper |= class == 2;
+                        i += 1;
+                    }
+                }
+            } else {
+                let (is_word, len) = unicode_class_at(text, i);
+                if !is_word {
+                    break;
+                }
+                unicode = true;
+                i += len;
+            }
+        }
+        let case = if unicode {
+            WordCase::Unicode
+        } else if upper {
+            WordCase::AsciiMixed
+        } else {
+            WordCase::AsciiLower
+        };
+        f(&text[start..i], case);
+    }
 }
 
-/// Encodes `(word, count)` pairs sorted by word.
-fn encode_partial(mut entries: Vec<(&[u8], u64)>) -> Vec<u8> {
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = Vec::with_capacity(entries.len() * 12);
-    for (word, count) in entries {
-        put_bytes(&mut out, word);
-        put_varint(&mut out, count);
+/// Word counts of one chunk. Words that are already lowercase (the vast majority in real
+/// text) are counted by reference into the chunk, with no allocation; the others are
+/// lowercased into owned keys. A word may appear in both maps; the reducer adds them up.
+#[derive(Default)]
+pub struct ChunkCounts<'a> {
+    pub borrowed: HashMap<&'a [u8], u64, foldhash::fast::FixedState>,
+    pub owned: CountMap,
+}
+
+impl<'a> ChunkCounts<'a> {
+    #[inline]
+    fn bump_borrowed(&mut self, key: &'a [u8]) {
+        *self.borrowed.entry(key).or_insert(0) += 1;
     }
-    out
+
+    #[inline]
+    fn bump_owned(&mut self, key: &[u8]) {
+        match self.owned.get_mut(key) {
+            Some(count) => *count += 1,
+            None => {
+                self.owned.insert(key.to_vec(), 1);
+            }
+        }
+    }
+
+    /// Every `(word, count)`; a word may occur twice (once per map).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.borrowed
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .chain(self.owned.iter().map(|(k, v)| (k.as_slice(), *v)))
+    }
+}
+
+/// Counts the lowercased words of `text`.
+pub fn count_words<'a>(text: &'a str, counts: &mut ChunkCounts<'a>) {
+    let mut scratch: Vec<u8> = Vec::with_capacity(64);
+    for_each_word(text, |word, case| match case {
+        WordCase::AsciiLower => counts.bump_borrowed(word.as_bytes()),
+        WordCase::AsciiMixed => {
+            scratch.clear();
+            scratch.extend(word.bytes().map(|b| b.to_ascii_lowercase()));
+            counts.bump_owned(&scratch);
+        }
+        WordCase::Unicode => {
+            let lowered = word.to_lowercase();
+            if lowered == word {
+                counts.bump_borrowed(word.as_bytes());
+            } else {
+                counts.bump_owned(lowered.as_bytes());
+            }
+        }
+    });
 }
 
 /// The wordcount job.
@@ -129,14 +191,30 @@ pub struct WordCount;
 
 impl Job for WordCount {
     fn map_chunk(&self, ctx: &ChunkContext<'_>, data: &[u8]) -> Result<MapOutput, JobError> {
-        let mut counts = new_count_map();
-        count_words(data, &mut counts);
-        let partitions = ctx.partitions.max(1) as usize;
-        let mut buckets: Vec<Vec<(&[u8], u64)>> = vec![Vec::new(); partitions];
-        for (word, &count) in &counts {
-            buckets[partition_of(word, ctx.partitions) as usize].push((word.as_slice(), count));
+        // Validating first is much faster than lossy decoding when the input is valid.
+        let text = match std::str::from_utf8(data) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(data),
+        };
+        // Distinct words grow much slower than text; this avoids most rehashing.
+        let mut counts = ChunkCounts {
+            borrowed: HashMap::with_capacity_and_hasher(
+                (data.len() / 64).min(1 << 20),
+                foldhash::fast::FixedState::default(),
+            ),
+            owned: new_count_map(),
+        };
+        count_words(&text, &mut counts);
+        let partitions = ctx.partitions.max(1);
+        let estimate = (counts.borrowed.len() + counts.owned.len()) * 12 / partitions as usize;
+        let mut partials: Vec<Vec<u8>> = (0..partitions)
+            .map(|_| Vec::with_capacity(estimate))
+            .collect();
+        for (word, count) in counts.entries() {
+            let partial = &mut partials[partition_of(word, partitions) as usize];
+            put_bytes(partial, word);
+            put_varint(partial, count);
         }
-        let partials = buckets.into_iter().map(encode_partial).collect();
         let mut output = MapOutput {
             partials,
             ..MapOutput::default()
@@ -161,6 +239,7 @@ impl Job for WordCount {
                 }
             }
         }
+        drop(partials);
         let mut entries: Vec<(Vec<u8>, u64)> = totals.into_iter().collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut lines = Vec::with_capacity(entries.len() * 16);

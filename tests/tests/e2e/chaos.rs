@@ -52,7 +52,7 @@ fn scenario_01_random_sigkills_of_workers_and_reducers() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let kill_reducer = state == "reducing" || rng % 4 == 0;
+        let kill_reducer = state == "reducing" || rng.is_multiple_of(4);
         let pool = if kill_reducer {
             &mut reducers
         } else {
