@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# End-to-end throughput benchmark (not a test: it asserts nothing about time).
+#
+#   scripts/bench.sh [full|tiny|scaling|memory|smoke|all]
+#
+# full     wordcount over a generated corpus (BENCH_SIZE, default 256MiB): the local runner
+#          with 1 thread (the per-core baseline) and with all cores, then the pipeline
+#          (producer, 2 workers, 1 reducer, real RabbitMQ and Redis), submit to result.
+#          Prints MiB/s, the ratio pipeline / 1-thread baseline, peak RSS of every process,
+#          and the CPU seconds RabbitMQ and Redis spent during the pipeline run.
+# tiny     small-task overhead: BENCH_TINY_CHUNKS chunks of 1 KiB (default 100000),
+#          reported as chunks per second end to end.
+# scaling  an I/O-bound job (an exec mapper that sleeps 50 ms per chunk) with 1, 2, 4 and
+#          8 workers, reported as speed-up over 1 worker.
+# memory   producer peak RSS streaming 1 GiB and 4 GiB from standard input.
+# smoke    every mode on tiny inputs (what CI runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+
+mode="${1:-full}"
+bin=target/release
+work=target/bench
+mkdir -p "$work"
+echo "building release binaries..." >&2
+cargo build --release --quiet -p producer -p worker -p reducer
+export CHUNKFLOW_NAMESPACE="bench-$$"
+export RUST_LOG=warn
+
+pids=()
+cleanup() {
+  if ((${#pids[@]})); then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  pids=()
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+mibps() { awk -v b="$1" -v t="$2" 'BEGIN { printf "%.1f", b / 1048576 / t }'; }
+peak_rss_mib() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+cpu_secs() { # utime + stime of a pid, in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+beam_pid() { pgrep -f 'beam.smp.*rabbit' | head -n 1; }
+redis_pid() { pgrep -x redis-server | head -n 1; }
+
+start_cluster() { # workers reducers [worker args...]
+  local workers=$1 reducers=$2
+  shift 2
+  for ((i = 0; i < workers; i++)); do
+    "$bin/worker" "$@" 2>>"$work/worker.log" &
+    pids+=($!)
+  done
+  for ((i = 0; i < reducers; i++)); do
+    "$bin/reducer" 2>>"$work/reducer.log" &
+    pids+=($!)
+  done
+}
+
+corpus() { # size -> path
+  local path="$work/corpus-$1.txt"
+  [ -s "$path" ] || "$bin/producer" generate text --size "$1" --output "$path"
+  echo "$path"
+}
+
+run_full() {
+  local size="${BENCH_SIZE:-256MiB}" data bytes t0 t1 local1 localn pipe
+  data=$(corpus "$size")
+  bytes=$(stat -c %s "$data")
+  echo "== wordcount over $size of generated text ($(nproc) cores)"
+  t0=$(now); "$bin/producer" submit --local --threads 1 --job wordcount "$data" >"$work/local1.tsv"; t1=$(now)
+  local1=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  echo "local runner, 1 thread:        $(mibps "$bytes" "$local1") MiB/s"
+  t0=$(now); "$bin/producer" submit --local --job wordcount "$data" >"$work/localn.tsv"; t1=$(now)
+  localn=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  echo "local runner, all cores:       $(mibps "$bytes" "$localn") MiB/s"
+
+  start_cluster 2 1
+  local beam redis beam0 redis0
+  beam=$(beam_pid); redis=$(redis_pid)
+  beam0=$(cpu_secs "$beam"); redis0=$(cpu_secs "$redis")
+  t0=$(now)
+  "$bin/producer" submit --job wordcount --wait -q "$data" >"$work/job" &
+  local producer=$!
+  wait "$producer"
+  "$bin/producer" result "$(cat "$work/job")" >"$work/pipeline.tsv"
+  t1=$(now)
+  pipe=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  echo "pipeline, 2 workers 1 reducer: $(mibps "$bytes" "$pipe") MiB/s (submit to result printed)"
+  awk -v l="$local1" -v p="$pipe" 'BEGIN { printf "ratio pipeline / 1-thread baseline: %.2f\n", l / p }'
+  cmp -s "$work/local1.tsv" "$work/pipeline.tsv" && echo "results identical: yes" || echo "results identical: NO"
+  echo "CPU during the pipeline run: RabbitMQ $(awk -v a="$beam0" -v b="$(cpu_secs "$beam")" 'BEGIN { printf "%.2f", b - a }') s, Redis $(awk -v a="$redis0" -v b="$(cpu_secs "$redis")" 'BEGIN { printf "%.2f", b - a }') s"
+  local pid
+  for pid in "${pids[@]}"; do
+    echo "peak RSS $(ps -o comm= -p "$pid"): $(peak_rss_mib "$pid") MiB"
+  done
+  cleanup
+}
+
+run_tiny() {
+  local chunks="${BENCH_TINY_CHUNKS:-100000}" data t0 t1 secs
+  data="$work/tiny-$chunks.txt"
+  if [ ! -s "$data" ]; then
+    awk -v n="$chunks" 'BEGIN { line = sprintf("%01023d", 0); for (i = 0; i < n; i++) print line }' >"$data"
+  fi
+  echo "== small-task overhead: $chunks chunks of 1 KiB"
+  start_cluster 2 1 --concurrency 4 --prefetch 64
+  t0=$(now)
+  "$bin/producer" submit --job wordcount --wait -q --chunk-size 1KiB "$data" >/dev/null
+  t1=$(now)
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  awk -v n="$chunks" -v s="$secs" 'BEGIN { printf "%d chunks in %.2f s: %.0f chunks/s end to end\n", n, s, n / s }'
+  cleanup
+}
+
+run_scaling() {
+  local chunks="${BENCH_SCALING_CHUNKS:-64}" data base=""
+  data="$work/scaling-$chunks.txt"
+  [ -s "$data" ] || awk -v n="$chunks" 'BEGIN { for (i = 0; i < n; i++) printf "chunk %d of an I/O-bound job\n", i }' >"$data"
+  echo "== I/O-bound job (mapper sleeps 50 ms per chunk), $chunks chunks"
+  local workers t0 t1 secs
+  for workers in 1 2 4 8; do
+    start_cluster "$workers" 1 --allow-exec "slowcat=sh -c 'sleep 0.05; cat'"
+    t0=$(now)
+    "$bin/producer" submit --job exec --mapper slowcat --wait -q --chunk-size 1 "$data" >/dev/null
+    t1=$(now)
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    [ -n "$base" ] || base=$secs
+    awk -v w="$workers" -v s="$secs" -v b="$base" 'BEGIN { printf "%d workers: %.2f s, speed-up %.2f\n", w, s, b / s }'
+    cleanup
+  done
+}
+
+run_memory() {
+  local size
+  echo "== producer memory, streaming from standard input"
+  start_cluster 2 1
+  for size in ${BENCH_MEMORY_SIZES:-1GiB 4GiB}; do
+    if ! command -v /usr/bin/time >/dev/null; then echo "skipped: /usr/bin/time is not installed (apt-get install time)"; break; fi
+    "$bin/producer" generate text --size "$size" --seed 7 |
+      /usr/bin/time -f "%M" -o "$work/producer-rss" "$bin/producer" submit --job wordcount --wait -q - >/dev/null
+    awk -v s="$size" '{ printf "%s from stdin: producer peak RSS %.1f MiB\n", s, $1 / 1024 }' "$work/producer-rss"
+  done
+  cleanup
+}
+
+case "$mode" in
+  full) run_full ;;
+  tiny) run_tiny ;;
+  scaling) run_scaling ;;
+  memory) run_memory ;;
+  all) run_full; run_tiny; run_scaling; run_memory ;;
+  smoke)
+    BENCH_SIZE=2MiB run_full
+    BENCH_TINY_CHUNKS=300 run_tiny
+    BENCH_MEMORY_SIZES=4MiB run_memory
+    ;;
+  *) echo "usage: $0 [full|tiny|scaling|memory|smoke|all]" >&2; exit 2 ;;
+esac
