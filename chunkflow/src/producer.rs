@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::chunker::{expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource};
+use crate::chunker::{
+    expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource, RecordFormat,
+};
 use crate::config::{parse_job_id, ConnectionArgs};
 use crate::fault::Faults;
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
 use crate::messages::MapTask;
-use crate::output::merge_sorted_results;
+use crate::output::write_results;
 use crate::publisher::{PublishError, Publisher};
 use crate::size::human_bytes;
 use crate::store::{now_ms, JobState, JobStatus, SealOutcome, Store, StoreError};
@@ -66,7 +68,7 @@ pub enum ProducerError {
     #[error("{0}; the job was marked failed, re-submit it")]
     Publish(#[from] PublishError),
     #[error("invalid job: {0}")]
-    InvalidJob(#[from] JobError),
+    InvalidJob(JobError),
     #[error("job `{job}` {state}: {reason}")]
     JobEnded {
         job: String,
@@ -85,10 +87,21 @@ pub enum ProducerError {
     ResultMissing { job: String, partition: u32 },
     #[error("job `{job}`: {what}")]
     Protocol { job: String, what: String },
+    #[error("the job failed: {0}")]
+    Local(String),
+}
+
+// Not `#[from]`: that would also make the job error the source, and `{:#}` would print it
+// twice.
+impl From<JobError> for ProducerError {
+    fn from(error: JobError) -> Self {
+        ProducerError::InvalidJob(error)
+    }
 }
 
 impl SubmitOptions {
-    fn validate(&self) -> Result<(), ProducerError> {
+    /// Checks the sizes, partitions and job id.
+    pub fn validate(&self) -> Result<(), ProducerError> {
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
             return Err(ProducerError::Usage(format!(
                 "--partitions must be between 1 and {MAX_PARTITIONS}, got {}",
@@ -194,6 +207,8 @@ pub struct Submission {
     options: SubmitOptions,
     sources: Vec<InputSource>,
     spec: JobSpec,
+    /// How the job's code wants its input cut.
+    format: RecordFormat,
     store: Store,
     connection: lapin::Connection,
     topology: Topology,
@@ -217,7 +232,9 @@ impl Submission {
     ) -> Result<Submission, ProducerError> {
         options.validate()?;
         let sources = expand_inputs(&options.inputs)?;
-        registry.build(&options.kind, &options.params)?;
+        let format = registry
+            .build(&options.kind, &options.params)?
+            .input_format();
         let store = Store::connect(
             &connection_args.redis_url,
             &connection_args.namespace,
@@ -248,6 +265,7 @@ impl Submission {
             options,
             sources,
             spec,
+            format,
             store,
             connection,
             topology,
@@ -290,10 +308,12 @@ impl Submission {
         let sources = self.sources.clone();
         let chunk_size = self.options.chunk_size as usize;
         let max_record = self.options.max_record_size as usize;
+        let format = self.format;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), ProducerError> {
             for source in sources {
                 let name: Arc<str> = Arc::from(source.display());
-                let mut chunker = Chunker::new(source.open()?, &name, chunk_size, max_record);
+                let mut chunker =
+                    Chunker::with_format(source.open()?, &name, chunk_size, max_record, format);
                 loop {
                     match chunker.next_chunk() {
                         Ok(Some(chunk)) => {
@@ -539,12 +559,14 @@ pub async fn job_status(store: &Store, job: &str) -> Result<JobStatus, ProducerE
         })
 }
 
-/// Writes a succeeded job's result, sorted by key.
+/// Writes a succeeded job's result in the job's [`crate::output::ResultFormat`] (its code,
+/// from `registry`, gives the order and header); returns the job's status.
 pub async fn write_result(
     store: &Store,
+    registry: &JobRegistry,
     job: &str,
     out: &mut impl std::io::Write,
-) -> Result<(), ProducerError> {
+) -> Result<JobStatus, ProducerError> {
     let status = job_status(store, job).await?;
     match status.state {
         JobState::Succeeded => {}
@@ -571,8 +593,12 @@ pub async fn write_result(
             partition: partition as u32,
         })?);
     }
-    merge_sorted_results(&present, out)
-        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))
+    let format = registry
+        .build(&status.spec.kind, &status.spec.params)?
+        .result_format();
+    write_results(&present, &format, out)
+        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))?;
+    Ok(status)
 }
 
 #[cfg(test)]

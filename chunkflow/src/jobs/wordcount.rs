@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{count_lines, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput};
+use super::{
+    count_lines, input_counters, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput,
+};
 use crate::codec::{put_bytes, put_varint, Reader};
 
 pub const KIND: &str = "wordcount";
@@ -86,28 +88,33 @@ pub fn for_each_word(text: &str, mut f: impl FnMut(&str, bool)) {
     }
 }
 
-/// Counts the lowercased words of `data` (lossy UTF-8) into `counts`.
-pub fn count_words(data: &[u8], counts: &mut CountMap) {
+/// Calls `f` with each word of `data` (lossy UTF-8), lowercased: the definition of a word
+/// shared by wordcount and invertedindex.
+pub fn for_each_lowercased_word(data: &[u8], mut f: impl FnMut(&[u8])) {
     let text = String::from_utf8_lossy(data);
     let mut scratch: Vec<u8> = Vec::with_capacity(64);
-    let mut bump = |key: &[u8]| match counts.get_mut(key) {
-        Some(count) => *count += 1,
-        None => {
-            counts.insert(key.to_vec(), 1);
-        }
-    };
     for_each_word(&text, |word, ascii| {
         if ascii {
             let bytes = word.as_bytes();
             if bytes.iter().any(u8::is_ascii_uppercase) {
                 scratch.clear();
                 scratch.extend(bytes.iter().map(u8::to_ascii_lowercase));
-                bump(&scratch);
+                f(&scratch);
             } else {
-                bump(bytes);
+                f(bytes);
             }
         } else {
-            bump(word.to_lowercase().as_bytes());
+            f(word.to_lowercase().as_bytes());
+        }
+    });
+}
+
+/// Counts the lowercased words of `data` (lossy UTF-8) into `counts`.
+pub fn count_words(data: &[u8], counts: &mut CountMap) {
+    for_each_lowercased_word(data, |key| match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_vec(), 1);
         }
     });
 }
@@ -137,13 +144,10 @@ impl Job for WordCount {
             buckets[partition_of(word, ctx.partitions) as usize].push((word.as_slice(), count));
         }
         let partials = buckets.into_iter().map(encode_partial).collect();
-        let mut output = MapOutput {
+        Ok(MapOutput {
             partials,
-            ..MapOutput::default()
-        };
-        output.counters.insert("records_read", count_lines(data));
-        output.counters.insert("bytes_read", data.len() as u64);
-        Ok(output)
+            counters: input_counters(count_lines(data), 0, data.len() as u64),
+        })
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {
@@ -178,11 +182,11 @@ impl Job for WordCount {
     }
 }
 
-fn itoa_buffer() -> [u8; 20] {
+pub(crate) fn itoa_buffer() -> [u8; 20] {
     [0; 20]
 }
 
-fn format_u64(buf: &mut [u8; 20], mut value: u64) -> &[u8] {
+pub(crate) fn format_u64(buf: &mut [u8; 20], mut value: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
