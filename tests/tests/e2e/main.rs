@@ -4,4 +4,6 @@
 mod bad_input;
 mod faults;
 mod helpers;
+mod job_helpers;
+mod jobs;
 mod pipeline;
