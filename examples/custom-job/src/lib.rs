@@ -103,8 +103,13 @@ mod tests {
         assert_eq!(out.counters["records_read"], 4);
         let result = job.reduce_partition(out.partials).unwrap();
         let lines = String::from_utf8(result.lines).unwrap();
-        let lines: Vec<&str> = lines.lines().map(|l| l.split_once('\t').unwrap().1).collect();
+        let lines: Vec<&str> = lines
+            .lines()
+            .map(|l| l.split_once('\t').unwrap().1)
+            .collect();
         assert_eq!(lines, vec!["2024-01-01\t1", "2024-01-02\t2"]);
-        assert!(registry().build(KIND, &serde_json::json!({"x": 1})).is_err());
+        assert!(registry()
+            .build(KIND, &serde_json::json!({"x": 1}))
+            .is_err());
     }
 }
