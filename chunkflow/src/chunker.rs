@@ -1,14 +1,26 @@
-//! Splitting input into chunks of whole lines, streaming.
+//! Splitting input into chunks of whole records, streaming.
 //!
 //! This module owns two things: turning the `INPUT...` arguments into an ordered list of
 //! sources ([`expand_inputs`]), and cutting one source into chunks ([`Chunker`]).
 //!
-//! Rules (the result of a job must not depend on where the cuts fall):
-//! - a chunk ends right after a `\n`, or at the end of its source; it never splits a line;
-//! - a chunk holds as many whole lines as fit in `chunk_size` bytes;
-//! - a line longer than `chunk_size` becomes a chunk of its own;
-//! - a line longer than `max_record` is refused with the source and byte offset, so a
-//!   binary file or a missing newline cannot make the producer buffer without limit.
+//! A record is a line ([`RecordFormat::Lines`], the default) or a CSV record
+//! ([`RecordFormat::CsvWithHeader`]: RFC 4180, a quoted field may hold `,`, `""` and line
+//! ends, so a record may span several lines). Rules (the result of a job must not depend on
+//! where the cuts fall):
+//! - a chunk ends right after a `\n` that ends a record, or at the end of its source; it
+//!   never splits a record;
+//! - a chunk holds as many whole records as fit in `chunk_size` bytes;
+//! - a record longer than `chunk_size` becomes a chunk of its own;
+//! - a record longer than `max_record` is refused with the source and byte offset, so a
+//!   binary file, a missing newline or an unclosed quote cannot make the producer buffer
+//!   without limit.
+//!
+//! CSV: the first non-blank record of a source is its header. It is not a chunk of its own:
+//! every chunk of the source starts with a copy of it (so a worker can name the columns of
+//! any chunk), and the chunk's `offset` and `first_line` are those of its first record after
+//! the header. The quote tracking is the state machine of the `csv` crate's parser (a `"`
+//! opens a quoted field only at the start of a field; `""` inside one is a quote), so the
+//! producer's cuts fall exactly where the workers' parser sees record ends.
 //!
 //! The chunker holds at most about `max(chunk_size, longest line) * 2` bytes, whatever
 //! the size of the source, so standard input and files larger than memory stream through.
@@ -170,7 +182,86 @@ fn walk_directory(
     Ok(())
 }
 
-/// One chunk of one source: whole lines.
+/// How a source is made of records; chosen by the job ([`crate::jobs::Job::input_format`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordFormat {
+    /// Records are lines ending in `\n`.
+    #[default]
+    Lines,
+    /// RFC 4180 CSV with a header record; see the module docs.
+    CsvWithHeader,
+}
+
+/// State of the CSV record scanner, mirroring `csv_core`'s parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvState {
+    StartField,
+    InField,
+    InQuoted,
+    QuoteInQuoted,
+}
+
+/// Scans `data`, which starts at a record boundary, and returns the end (just past the
+/// `\n`) of every record ending in it, in order, through `f`; stops when `f` returns false.
+fn scan_csv_records(data: &[u8], mut f: impl FnMut(usize) -> bool) {
+    let mut state = CsvState::StartField;
+    for (i, &byte) in data.iter().enumerate() {
+        state = match (state, byte) {
+            (CsvState::InQuoted, b'"') => CsvState::QuoteInQuoted,
+            (CsvState::InQuoted, _) => CsvState::InQuoted,
+            (CsvState::QuoteInQuoted, b'"') => CsvState::InQuoted,
+            (CsvState::StartField, b'"') => CsvState::InQuoted,
+            (_, b'\n') => {
+                if !f(i + 1) {
+                    return;
+                }
+                CsvState::StartField
+            }
+            (_, b',' | b'\r') => CsvState::StartField,
+            (_, _) => CsvState::InField,
+        };
+    }
+}
+
+/// Length of the first CSV record of `data` (which starts at a record boundary), including
+/// its line end; all of `data` if no record ends in it. The same scanner as the chunker's
+/// cuts, so a job finds the header copy at the start of a chunk exactly.
+pub fn csv_record_len(data: &[u8]) -> usize {
+    first_record_end(RecordFormat::CsvWithHeader, data, 0).unwrap_or(data.len())
+}
+
+/// End of the last record that ends within `data` (which starts at a record boundary).
+fn last_record_end(format: RecordFormat, data: &[u8]) -> Option<usize> {
+    match format {
+        RecordFormat::Lines => memchr::memrchr(b'\n', data).map(|i| i + 1),
+        RecordFormat::CsvWithHeader => {
+            let mut last = None;
+            scan_csv_records(data, |end| {
+                last = Some(end);
+                true
+            });
+            last
+        }
+    }
+}
+
+/// End of the first record of `data` (which starts at a record boundary), searching lines
+/// from `from` on (the bytes before it are known to hold no line end).
+fn first_record_end(format: RecordFormat, data: &[u8], from: usize) -> Option<usize> {
+    match format {
+        RecordFormat::Lines => memchr::memchr(b'\n', &data[from..]).map(|i| from + i + 1),
+        RecordFormat::CsvWithHeader => {
+            let mut first = None;
+            scan_csv_records(data, |end| {
+                first = Some(end);
+                false
+            });
+            first
+        }
+    }
+}
+
+/// One chunk of one source: whole records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub data: Vec<u8>,
@@ -178,6 +269,9 @@ pub struct Chunk {
     pub offset: u64,
     /// 1-based number of the first line of the chunk in its source.
     pub first_line: u64,
+    /// Bytes at the start of `data` that are a copy of the source's header (CSV), not
+    /// records of this chunk.
+    pub header_len: usize,
 }
 
 /// Why a source could not be chunked.
@@ -210,10 +304,31 @@ pub struct Chunker<R> {
     eof: bool,
     offset: u64,
     line: u64,
+    format: RecordFormat,
+    /// The CSV header, once read.
+    header: Option<Vec<u8>>,
 }
 
 impl<R: Read> Chunker<R> {
+    /// A chunker of whole lines.
     pub fn new(reader: R, source_name: &str, chunk_size: usize, max_record: usize) -> Self {
+        Self::with_format(
+            reader,
+            source_name,
+            chunk_size,
+            max_record,
+            RecordFormat::Lines,
+        )
+    }
+
+    /// A chunker of whole records of `format`.
+    pub fn with_format(
+        reader: R,
+        source_name: &str,
+        chunk_size: usize,
+        max_record: usize,
+        format: RecordFormat,
+    ) -> Self {
         assert!(chunk_size > 0, "chunk_size is validated to be positive");
         Chunker {
             reader,
@@ -226,6 +341,8 @@ impl<R: Read> Chunker<R> {
             eof: false,
             offset: 0,
             line: 1,
+            format,
+            header: None,
         }
     }
 
@@ -264,8 +381,47 @@ impl<R: Read> Chunker<R> {
         Ok(())
     }
 
+    /// Skips `len` buffered bytes that have been used.
+    fn advance(&mut self, len: usize) {
+        let consumed = &self.buf[self.start..self.start + len];
+        self.line += memchr::memchr_iter(b'\n', consumed).count() as u64;
+        self.start += len;
+        self.offset += len as u64;
+    }
+
+    /// Reads the CSV header: the first record that is not a blank line (the `csv` parser
+    /// skips blank lines too). `None` for a source with no record at all.
+    fn read_header(&mut self) -> Result<Option<Vec<u8>>, ChunkError> {
+        loop {
+            self.fill(self.chunk_size.saturating_add(1))?;
+            if self.buffered() == 0 {
+                return Ok(None);
+            }
+            let buffered = &self.buf[self.start..self.end];
+            let len = match first_record_end(self.format, buffered, 0) {
+                Some(end) => end,
+                None if self.eof => buffered.len(),
+                None => self.long_record_len()?,
+            };
+            self.check_record(len)?;
+            let record = &self.buf[self.start..self.start + len];
+            let blank = record.iter().all(|&b| b == b'\n' || b == b'\r');
+            let header = record.to_vec();
+            self.advance(len);
+            if !blank {
+                return Ok(Some(header));
+            }
+        }
+    }
+
     /// The next chunk, or `None` at the end of the source.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, ChunkError> {
+        if self.format == RecordFormat::CsvWithHeader && self.header.is_none() {
+            match self.read_header()? {
+                Some(header) => self.header = Some(header),
+                None => return Ok(None),
+            }
+        }
         self.fill(self.chunk_size.saturating_add(1))?;
         if self.buffered() == 0 {
             return Ok(None);
@@ -274,30 +430,32 @@ impl<R: Read> Chunker<R> {
             self.buffered()
         } else {
             let window = &self.buf[self.start..self.start + self.chunk_size];
-            match memchr::memrchr(b'\n', window) {
-                Some(last_newline) => last_newline + 1,
-                None => self.long_line_len()?,
+            match last_record_end(self.format, window) {
+                Some(end) => end,
+                None => self.long_record_len()?,
             }
         };
-        let data = self.buf[self.start..self.start + len].to_vec();
+        let header = self.header.as_deref().unwrap_or_default();
+        let mut data = Vec::with_capacity(header.len() + len);
+        data.extend_from_slice(header);
+        data.extend_from_slice(&self.buf[self.start..self.start + len]);
         let chunk = Chunk {
             offset: self.offset,
             first_line: self.line,
+            header_len: header.len(),
             data,
         };
-        self.start += len;
-        self.offset += len as u64;
-        self.line += memchr::memchr_iter(b'\n', &chunk.data).count() as u64;
+        self.advance(len);
         Ok(Some(chunk))
     }
 
-    /// Length of the line at the start of the buffer, which is known to be longer than
+    /// Length of the record at the start of the buffer, which is known to be longer than
     /// `chunk_size`: it becomes a chunk of its own, unless it exceeds `max_record`.
-    fn long_line_len(&mut self) -> Result<usize, ChunkError> {
-        let mut searched = self.chunk_size;
+    fn long_record_len(&mut self) -> Result<usize, ChunkError> {
+        let mut searched = self.chunk_size.min(self.buffered());
         loop {
-            if let Some(pos) = memchr::memchr(b'\n', &self.buf[self.start + searched..self.end]) {
-                let len = searched + pos + 1;
+            let buffered = &self.buf[self.start..self.end];
+            if let Some(len) = first_record_end(self.format, buffered, searched) {
                 return self.check_record(len).map(|()| len);
             }
             searched = self.buffered();
@@ -422,6 +580,67 @@ mod tests {
         ));
     }
 
+    fn csv_records(data: &[u8], first_line: u64) -> Vec<(u64, Vec<Vec<u8>>)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(data);
+        let mut lines = crate::jobs::LineTracker::new(data, first_line);
+        reader
+            .byte_records()
+            .map(|r| {
+                let r = r.unwrap();
+                let line = lines.line_at(r.position().unwrap().byte());
+                (line, r.iter().map(<[u8]>::to_vec).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn csv_chunks_end_on_record_boundaries_and_carry_the_header() {
+        let input: &[u8] = b"\r\nid,text,n\r\n1,\"multi\nline, with \"\"quotes\"\"\",3\n2,plain,4\n\n3,\"a\"\"\n\",5\r\n4,x\"y,6\n5,\"\",7";
+        let whole = csv_records(input, 1);
+        let header = whole[0].1.clone();
+        for size in 1..=input.len() + 2 {
+            let mut chunker =
+                Chunker::with_format(input, "t", size, 1 << 20, RecordFormat::CsvWithHeader);
+            let mut records = vec![(whole[0].0, header.clone())];
+            let mut offset = 0;
+            while let Some(chunk) = chunker.next_chunk().unwrap() {
+                let parsed = csv_records(&chunk.data[..chunk.header_len], 1);
+                assert_eq!(parsed[0].1, header, "size {size}");
+                assert_eq!(&chunk.data[..chunk.header_len], b"id,text,n\r\n");
+                assert!(chunk.offset >= offset);
+                offset = chunk.offset;
+                let body = &chunk.data[chunk.header_len..];
+                assert_eq!(
+                    &input[chunk.offset as usize..chunk.offset as usize + body.len()],
+                    body
+                );
+                records.extend(csv_records(body, chunk.first_line));
+            }
+            assert_eq!(records, whole, "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn csv_without_records_has_no_chunks() {
+        for input in [&b""[..], b"a,b\n", b"\n\na,b", b"\r\n"] {
+            let mut chunker = Chunker::with_format(input, "t", 4, 100, RecordFormat::CsvWithHeader);
+            assert!(chunker.next_chunk().unwrap().is_none(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn unclosed_quote_is_refused_as_an_overlong_record() {
+        let input = b"a,b\n1,\"never closed\n2,3\n4,5\n";
+        let mut chunker = Chunker::with_format(&input[..], "f", 4, 10, RecordFormat::CsvWithHeader);
+        assert!(matches!(
+            chunker.next_chunk(),
+            Err(ChunkError::LineTooLong { line: 2, .. })
+        ));
+    }
+
     #[test]
     fn empty_input_has_no_chunks() {
         assert!(chunks(b"", 10, 10).is_empty());
@@ -447,7 +666,7 @@ mod tests {
             ]
         );
         let missing = format!("{root}/nope");
-        match expand_inputs(&[missing.clone()]) {
+        match expand_inputs(std::slice::from_ref(&missing)) {
             Err(InputError::Missing { path }) => assert_eq!(path, missing),
             other => panic!("expected Missing, got {other:?}"),
         }

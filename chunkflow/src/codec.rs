@@ -73,6 +73,11 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
         let len = self.varint()?;
         let len = usize::try_from(len).map_err(|_| self.error("length too large"))?;
+        self.fixed(len)
+    }
+
+    /// The next `len` bytes, which have no length prefix.
+    pub fn fixed(&mut self, len: usize) -> Result<&'a [u8], CodecError> {
         let end = self
             .position
             .checked_add(len)

@@ -4,6 +4,11 @@
 //! The text corpus draws words from a synthetic vocabulary with a heavy head (log-uniform
 //! ranks, close to Zipf's law in natural text), with occasional capitals and punctuation,
 //! in lines of a few dozen words.
+//!
+//! The transaction data (`csv`, `jsonl`) is customer transactions — customer id, country,
+//! category, amount with two decimals, UTC timestamp in 2024 — for groupby and custom jobs.
+//! The same seed gives the same records in both formats. Some countries and categories
+//! need CSV quoting (a comma, a quote) and some are not ASCII.
 
 use std::io::{self, Write};
 
@@ -95,9 +100,179 @@ pub fn write_text(out: &mut impl Write, size: u64, seed: u64, vocabulary: u64) -
     Ok(written)
 }
 
+/// Countries of the transaction data (a heavy head: earlier entries are more frequent).
+pub const COUNTRIES: &[&str] = &[
+    "US",
+    "DE",
+    "FR",
+    "GB",
+    "Côte d'Ivoire",
+    "Korea, Republic of",
+    "日本",
+    "BR",
+    "IN",
+    "España",
+];
+
+/// Categories of the transaction data.
+pub const CATEGORIES: &[&str] = &[
+    "Books",
+    "Electronics",
+    "Home, Garden",
+    "Toys \"Kids\"",
+    "Grocery",
+    "Beauty",
+    "Sports",
+];
+
+/// One generated transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub customer_id: String,
+    pub country: &'static str,
+    pub category: &'static str,
+    /// The amount in cents.
+    pub amount_cents: u64,
+    /// `YYYY-MM-DDTHH:MM:SSZ`, in 2024.
+    pub timestamp: String,
+}
+
+impl Transaction {
+    /// The amount with two decimals: `12.05`.
+    pub fn amount(&self) -> String {
+        format!("{}.{:02}", self.amount_cents / 100, self.amount_cents % 100)
+    }
+}
+
+/// Draws the next transaction.
+pub fn next_transaction(rng: &mut SplitMix64) -> Transaction {
+    // Log-uniform ranks give a heavy head, like real customers and countries.
+    let skewed = |rng: &mut SplitMix64, n: usize| {
+        (((rng.unit() * (n as f64 + 1.0).ln()).exp() as usize).saturating_sub(1)).min(n - 1)
+    };
+    let customer = skewed(rng, 50_000);
+    let country = COUNTRIES[skewed(rng, COUNTRIES.len())];
+    let category = CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize];
+    let amount_cents = 50 + rng.below(50_000) + if rng.below(100) == 0 { 1_000_000 } else { 0 };
+    let second = rng.below(366 * 86_400);
+    let (day_of_year, rem) = (second / 86_400, second % 86_400);
+    let (month, day) = month_day_2024(day_of_year);
+    Transaction {
+        customer_id: format!("C{customer:06}"),
+        country,
+        category,
+        amount_cents,
+        timestamp: format!(
+            "2024-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        ),
+    }
+}
+
+/// Month and day of the `day`-th day (0-based) of the leap year 2024.
+fn month_day_2024(mut day: u64) -> (u64, u64) {
+    const DAYS: [u64; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    for (month, &days) in DAYS.iter().enumerate() {
+        if day < days {
+            return (month as u64 + 1, day + 1);
+        }
+        day -= days;
+    }
+    (12, 31)
+}
+
+fn csv_field(out: &mut Vec<u8>, field: &str) {
+    if field.contains([',', '"', '\n', '\r']) {
+        out.push(b'"');
+        out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field.as_bytes());
+    }
+}
+
+/// Writes about `size` bytes (whole records, at least `size`) of transactions as CSV with a
+/// header row (RFC 4180 quoting, `\n` line ends).
+pub fn write_transactions_csv(out: &mut impl Write, size: u64, seed: u64) -> io::Result<u64> {
+    let header = b"customer_id,country,category,amount,timestamp\n";
+    out.write_all(header)?;
+    let mut written = header.len() as u64;
+    let mut rng = SplitMix64::new(seed);
+    let mut line = Vec::with_capacity(128);
+    while written < size {
+        let t = next_transaction(&mut rng);
+        line.clear();
+        for (i, field) in [
+            t.customer_id.as_str(),
+            t.country,
+            t.category,
+            &t.amount(),
+            &t.timestamp,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                line.push(b',');
+            }
+            csv_field(&mut line, field);
+        }
+        line.push(b'\n');
+        out.write_all(&line)?;
+        written += line.len() as u64;
+    }
+    Ok(written)
+}
+
+/// Writes about `size` bytes (whole lines) of the same transactions as JSON Lines, the
+/// amount a JSON number with two decimals.
+pub fn write_transactions_jsonl(out: &mut impl Write, size: u64, seed: u64) -> io::Result<u64> {
+    let mut written = 0u64;
+    let mut rng = SplitMix64::new(seed);
+    while written < size {
+        let t = next_transaction(&mut rng);
+        let line = format!(
+            "{{\"customer_id\":{},\"country\":{},\"category\":{},\"amount\":{},\"timestamp\":{}}}\n",
+            serde_json::Value::from(t.customer_id.as_str()),
+            serde_json::Value::from(t.country),
+            serde_json::Value::from(t.category),
+            t.amount(),
+            serde_json::Value::from(t.timestamp.as_str()),
+        );
+        out.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transactions_are_deterministic_and_parse() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        write_transactions_csv(&mut a, 20_000, 3).unwrap();
+        write_transactions_csv(&mut b, 20_000, 3).unwrap();
+        assert_eq!(a, b);
+        assert!(a.len() >= 20_000);
+        let mut reader = csv::Reader::from_reader(a.as_slice());
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert!(records.iter().all(|r| r.len() == 5));
+        assert!(records.iter().any(|r| &r[1] == "Korea, Republic of"));
+        let mut jsonl = Vec::new();
+        write_transactions_jsonl(&mut jsonl, 20_000, 3).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_slice(jsonl.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["customer_id"], records[0][0]);
+        assert_eq!(first["amount"].to_string(), records[0][3]);
+        assert_eq!(month_day_2024(0), (1, 1));
+        assert_eq!(month_day_2024(59), (2, 29));
+        assert_eq!(month_day_2024(365), (12, 31));
+    }
 
     #[test]
     fn deterministic_and_sized() {

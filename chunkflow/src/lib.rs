@@ -8,12 +8,14 @@
 //! lives in [`jobs`]. See ARCHITECTURE.md for the protocol and its invariants.
 
 pub mod chunker;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod datagen;
 pub mod fault;
 pub mod jobs;
 pub mod keys;
+pub mod local;
 pub mod messages;
 pub mod output;
 pub mod producer;

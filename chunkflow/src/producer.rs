@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::chunker::{expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource};
+use crate::chunker::{
+    expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource, RecordFormat,
+};
 use crate::config::{parse_job_id, ConnectionArgs};
 use crate::fault::Faults;
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
 use crate::messages::MapTask;
 use crate::messages::ReduceTask;
-use crate::output::merge_sorted_results;
+use crate::output::write_results;
 use crate::publisher::ReconnectError;
 use crate::publisher::{PublishError, ReconnectingPublisher};
 use crate::size::human_bytes;
@@ -67,7 +69,7 @@ pub enum ProducerError {
     #[error("{0}; the job was marked failed, re-submit it")]
     Publish(#[from] PublishError),
     #[error("invalid job: {0}")]
-    InvalidJob(#[from] JobError),
+    InvalidJob(JobError),
     #[error("job `{job}` {state}: {reason}")]
     JobEnded {
         job: String,
@@ -92,10 +94,21 @@ pub enum ProducerError {
     ResultMissing { job: String, partition: u32 },
     #[error("job `{job}`: {what}")]
     Protocol { job: String, what: String },
+    #[error("the job failed: {0}")]
+    Local(String),
+}
+
+// Not `#[from]`: that would also make the job error the source, and `{:#}` would print it
+// twice.
+impl From<JobError> for ProducerError {
+    fn from(error: JobError) -> Self {
+        ProducerError::InvalidJob(error)
+    }
 }
 
 impl SubmitOptions {
-    fn validate(&self) -> Result<(), ProducerError> {
+    /// Checks the sizes, partitions and job id.
+    pub fn validate(&self) -> Result<(), ProducerError> {
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
             return Err(ProducerError::Usage(format!(
                 "--partitions must be between 1 and {MAX_PARTITIONS}, got {}",
@@ -201,6 +214,8 @@ pub struct Submission {
     options: SubmitOptions,
     sources: Vec<InputSource>,
     spec: JobSpec,
+    /// How the job's code wants its input cut.
+    format: RecordFormat,
     store: Store,
     publisher: Option<ReconnectingPublisher>,
     topology: Topology,
@@ -226,7 +241,9 @@ impl Submission {
     ) -> Result<Submission, ProducerError> {
         options.validate()?;
         let sources = expand_inputs(&options.inputs)?;
-        registry.build(&options.kind, &options.params)?;
+        let format = registry
+            .build(&options.kind, &options.params)?
+            .input_format();
         let store = Store::connect(
             &connection_args.redis_url,
             &connection_args.namespace,
@@ -274,6 +291,7 @@ impl Submission {
             options,
             sources,
             spec,
+            format,
             store,
             publisher: Some(publisher),
             topology,
@@ -344,10 +362,12 @@ impl Submission {
         let sources = self.sources.clone();
         let chunk_size = self.options.chunk_size as usize;
         let max_record = self.options.max_record_size as usize;
+        let format = self.format;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), ProducerError> {
             for source in sources {
                 let name: Arc<str> = Arc::from(source.display());
-                let mut chunker = Chunker::new(source.open()?, &name, chunk_size, max_record);
+                let mut chunker =
+                    Chunker::with_format(source.open()?, &name, chunk_size, max_record, format);
                 loop {
                     match chunker.next_chunk() {
                         Ok(Some(chunk)) => {
@@ -428,9 +448,14 @@ impl Submission {
         total: u64,
     ) -> Result<(), ProducerError> {
         let job = self.spec.id.clone();
-        match self.store.seal_job(&job, total).await? {
+        // Sealing is idempotent, so a Redis blip is retried; if an earlier attempt sealed
+        // and completed the job but its reply was lost, the job is already reducing and
+        // nobody has published its reduce tasks: publish them (duplicates are harmless).
+        let outcome =
+            retry_transient("sealing the job", || self.store.seal_job(&job, total)).await?;
+        match outcome {
             SealOutcome::Sealed { .. } => Ok(()),
-            SealOutcome::Completed => {
+            SealOutcome::Completed | SealOutcome::NotRunning(JobState::Reducing) => {
                 for partition in 0..self.spec.partitions {
                     let task = ReduceTask {
                         job_id: job.clone(),
@@ -479,6 +504,27 @@ impl Submission {
     /// Waits until the job ends; `Ok` only if it succeeded.
     pub async fn wait(&self, show_progress: bool) -> Result<JobStatus, ProducerError> {
         wait_for_job(&self.store, &self.spec.id, show_progress, self.started).await
+    }
+}
+
+/// Runs `operation` until it succeeds or fails for a reason other than Redis being
+/// unreachable for a while (up to about two minutes of retries).
+async fn retry_transient<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match operation().await {
+            Err(error) if error.is_transient() && started.elapsed() < Duration::from_secs(120) => {
+                tracing::warn!(error = %error, retry_in = ?pause, "{what}: Redis unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -583,7 +629,7 @@ pub async fn wait_for_job(
     let mut poll = Duration::from_millis(20);
     let mut last_seen: Option<(JobSpec, JobState)> = None;
     loop {
-        let status = match store.status(job).await? {
+        let status = match retry_transient("following the job", || store.status(job)).await? {
             Some(status) => status,
             None => {
                 return Err(match last_seen {
@@ -710,12 +756,14 @@ pub async fn job_status(store: &Store, job: &str) -> Result<JobStatus, ProducerE
         })
 }
 
-/// Writes a succeeded job's result, sorted by key.
+/// Writes a succeeded job's result in the job's [`crate::output::ResultFormat`] (its code,
+/// from `registry`, gives the order and header); returns the job's status.
 pub async fn write_result(
     store: &Store,
+    registry: &JobRegistry,
     job: &str,
     out: &mut impl std::io::Write,
-) -> Result<(), ProducerError> {
+) -> Result<JobStatus, ProducerError> {
     let status = job_status(store, job).await?;
     match status.state {
         JobState::Succeeded => {}
@@ -742,8 +790,12 @@ pub async fn write_result(
             partition: partition as u32,
         })?);
     }
-    merge_sorted_results(&present, out)
-        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))
+    let format = registry
+        .build(&status.spec.kind, &status.spec.params)?
+        .result_format();
+    write_results(&present, &format, out)
+        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))?;
+    Ok(status)
 }
 
 #[cfg(test)]

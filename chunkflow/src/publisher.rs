@@ -191,8 +191,12 @@ impl Publisher {
                     text: returned.reply_text.as_str().to_string(),
                 })
             }
-            Confirmation::Nack(None) => Err(PublishError::Nacked { what }),
-            Confirmation::NotRequested => Err(PublishError::Nacked { what }),
+            Confirmation::Nack(None) | Confirmation::NotRequested => {
+                // The broker did not take the message (e.g. a queue without a leader while
+                // the broker restarts): keep it so a caller may publish it again.
+                self.failed.push(in_flight.message);
+                Err(PublishError::Nacked { what })
+            }
         }
     }
 
@@ -218,7 +222,11 @@ pub struct ReconnectingPublisher {
     connection: Connection,
     publisher: Publisher,
     reconnects: u64,
+    nack_recoveries: u32,
 }
+
+/// Nacked messages are republished on a new channel at most this many times in a row.
+const MAX_NACK_RECOVERIES: u32 = 5;
 
 /// Why a (re)connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +255,7 @@ impl ReconnectingPublisher {
             connection,
             publisher,
             reconnects: 0,
+            nack_recoveries: 0,
         })
     }
 
@@ -265,6 +274,19 @@ impl ReconnectingPublisher {
     /// Times the connection was re-established.
     pub fn reconnects(&self) -> u64 {
         self.reconnects
+    }
+
+    /// Whether `error` is worth a reconnect and replay: a lost connection always, a nack a
+    /// few times in a row (then it is reported).
+    fn recoverable(&mut self, error: &PublishError) -> bool {
+        match error {
+            PublishError::Broker { .. } => true,
+            PublishError::Nacked { .. } if self.nack_recoveries < MAX_NACK_RECOVERIES => {
+                self.nack_recoveries += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Reconnects and replays unconfirmed messages, until it works or time runs out.
@@ -298,7 +320,9 @@ impl ReconnectingPublisher {
                             );
                             return Ok(());
                         }
-                        Some(error @ PublishError::Broker { .. }) => {
+                        Some(
+                            error @ (PublishError::Broker { .. } | PublishError::Nacked { .. }),
+                        ) => {
                             pending = self.publisher.take_unconfirmed();
                             pending.extend(replay);
                             tracing::warn!(error = %error, "replay failed; reconnecting again");
@@ -333,7 +357,11 @@ impl ReconnectingPublisher {
             what: what.into(),
         };
         match self.publisher.publish_pending(message).await {
-            Err(error @ PublishError::Broker { .. }) => self.recover(&error).await,
+            Err(error) if self.recoverable(&error) => self.recover(&error).await,
+            Ok(()) => {
+                self.nack_recoveries = 0;
+                Ok(())
+            }
             other => other,
         }
     }
@@ -342,7 +370,7 @@ impl ReconnectingPublisher {
     pub async fn flush(&mut self) -> Result<(), PublishError> {
         loop {
             match self.publisher.flush().await {
-                Err(error @ PublishError::Broker { .. }) => self.recover(&error).await?,
+                Err(error) if self.recoverable(&error) => self.recover(&error).await?,
                 other => return other,
             }
         }

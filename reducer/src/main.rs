@@ -1,62 +1,6 @@
-//! `reducer`: a thin binary over `chunkflow::reducer`; see `reducer --help`.
+//! `reducer`: consumes reduce tasks; see `reducer --help`. The command line lives in the
+//! library ([`chunkflow::cli::reducer_main`]) so that binaries with custom jobs share it.
 
-use std::process::ExitCode;
-
-use chunkflow::config::ConnectionArgs;
-use chunkflow::jobs::JobRegistry;
-use chunkflow::reducer::{run, ReducerConfig};
-use clap::Parser;
-
-/// Consume reduce tasks: merge each partition's chunk outputs and store its final result; the last partition ends the job. Run as many as you like; stop with SIGTERM or SIGINT (the task in hand is finished first).
-#[derive(Debug, Parser)]
-#[command(name = "reducer", version)]
-struct Cli {
-    #[command(flatten)]
-    connection: ConnectionArgs,
-
-    /// Deliveries the broker may hand this process ahead of the one in progress.
-    #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
-    prefetch: u16,
-
-    /// Partitions processed at once by this process (each with its own channel).
-    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrency: u16,
-
-    /// Lease on a partition while reducing it; renewed every third of it. A reducer that
-    /// stalls longer loses the partition to another and its late commit is refused.
-    #[arg(long, env = "CHUNKFLOW_LEASE", default_value = "30s", value_parser = chunkflow::config::parse_duration)]
-    lease: std::time::Duration,
-
-    /// After SIGTERM, how long the partition in hand may take before it is given back.
-    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = chunkflow::config::parse_duration)]
-    grace_period: std::time::Duration,
-
-    /// Fail a running job whose producer stopped publishing (and heartbeating) this long
-    /// before sealing it.
-    #[arg(long, env = "CHUNKFLOW_PRODUCER_TIMEOUT", default_value = "5m", value_parser = chunkflow::config::parse_duration)]
-    producer_timeout: std::time::Duration,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    chunkflow::telemetry::init("info");
-    let shutdown = chunkflow::shutdown::on_signals();
-    let config = ReducerConfig {
-        connection: cli.connection,
-        prefetch: cli.prefetch,
-        concurrency: usize::from(cli.concurrency),
-        lease: cli.lease.max(std::time::Duration::from_millis(300)),
-        grace_period: cli.grace_period,
-        producer_timeout: cli.producer_timeout,
-        registry: JobRegistry::stock(),
-    };
-    match run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = %error, "reducer stopped");
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    chunkflow::cli::reducer_main(chunkflow::jobs::JobRegistry::stock())
 }

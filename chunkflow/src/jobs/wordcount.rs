@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{count_lines, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput};
+use super::{
+    count_lines, input_counters, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput,
+};
 use crate::codec::{put_bytes, put_varint, Reader};
 
 pub const KIND: &str = "wordcount";
@@ -130,6 +132,25 @@ pub fn for_each_word<'a>(text: &'a str, mut f: impl FnMut(&'a str, WordCase)) {
     }
 }
 
+/// Calls `f` with each word of `data` (lossy UTF-8), lowercased: the definition of a word
+/// shared by wordcount and invertedindex.
+pub fn for_each_lowercased_word(data: &[u8], mut f: impl FnMut(&[u8])) {
+    let text = match std::str::from_utf8(data) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(data),
+    };
+    let mut scratch: Vec<u8> = Vec::with_capacity(64);
+    for_each_word(&text, |word, case| match case {
+        WordCase::AsciiLower => f(word.as_bytes()),
+        WordCase::AsciiMixed => {
+            scratch.clear();
+            scratch.extend(word.bytes().map(|b| b.to_ascii_lowercase()));
+            f(&scratch);
+        }
+        WordCase::Unicode => f(word.to_lowercase().as_bytes()),
+    });
+}
+
 /// Word counts of one chunk. Words that are already lowercase (the vast majority in real
 /// text) are counted by reference into the chunk, with no allocation; the others are
 /// lowercased into owned keys. A word may appear in both maps; the reducer adds them up.
@@ -215,13 +236,10 @@ impl Job for WordCount {
             put_bytes(partial, word);
             put_varint(partial, count);
         }
-        let mut output = MapOutput {
+        Ok(MapOutput {
             partials,
-            ..MapOutput::default()
-        };
-        output.counters.insert("records_read", count_lines(data));
-        output.counters.insert("bytes_read", data.len() as u64);
-        Ok(output)
+            counters: input_counters(count_lines(data), 0, data.len() as u64),
+        })
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {

@@ -5,4 +5,6 @@ mod bad_input;
 mod chaos;
 mod faults;
 mod helpers;
+mod job_helpers;
+mod jobs;
 mod pipeline;

@@ -1,0 +1,419 @@
+//! The `producer` command line: submit jobs (to the cluster or `--local`), follow them,
+//! print their results, generate sample data. A shell over [`crate::producer`] and
+//! [`crate::local`]; `anyhow` lives here, at the edge.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use super::ExecArgs;
+use crate::config::{parse_duration, parse_job_id, ConnectionArgs};
+use crate::jobs::exec::ExecRole;
+use crate::jobs::groupby::{BadRecordPolicy, InputFormat};
+use crate::jobs::JobRegistry;
+use crate::producer::{self, ProducerError, Submission, SubmitOptions};
+use crate::size::ByteSize;
+use crate::store::Store;
+
+/// Submit MapReduce jobs to chunkflow workers and reducers through RabbitMQ, follow them,
+/// and print their results from Redis.
+///
+/// Start any number of `worker` and `reducer` processes against the same RabbitMQ, Redis
+/// and namespace, then: `producer submit --job wordcount --wait data/` and
+/// `producer result JOB`.
+#[derive(Debug, Parser)]
+#[command(name = "producer", version)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+
+    #[command(flatten)]
+    exec: ExecArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Split input into chunks of whole lines and publish one task per chunk; prints the
+    /// job id as the only line on standard output.
+    Submit(Box<SubmitArgs>),
+    /// Show a job's state (running, reducing, succeeded, failed), chunks committed and
+    /// partitions reduced.
+    Status {
+        /// The job id printed by `submit`.
+        job: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write deterministic sample data to standard output (or --output), for demos and
+    /// benchmarks: `producer generate text --size 100MiB > corpus.txt`.
+    Generate(GenerateArgs),
+    /// Cancel a running job: workers drop its queued chunks, reducers skip it, and
+    /// `submit --wait` on it exits non-zero.
+    Cancel {
+        /// The job id printed by `submit`.
+        job: String,
+    },
+    /// Print a succeeded job's result in the job's format (wordcount: one `key<TAB>value`
+    /// line per record, sorted by key in byte order); skipped records are reported on
+    /// standard error.
+    Result {
+        /// The job id printed by `submit`.
+        job: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// What to generate: `text` (words with a heavy-headed distribution, for wordcount),
+    /// `csv` or `jsonl` (customer transactions: customer_id, country, category, amount,
+    /// timestamp; for groupby).
+    #[arg(value_parser = ["text", "csv", "jsonl"])]
+    kind: String,
+
+    /// Approximate size; output is whole lines, at least this long.
+    #[arg(long, default_value = "16MiB")]
+    size: ByteSize,
+
+    /// Seed: the same seed and size give the same bytes everywhere.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Number of distinct words to draw from.
+    #[arg(long, default_value_t = 500_000)]
+    vocabulary: u64,
+
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<std::path::PathBuf>,
+}
+
+/// Parameters of the built-in jobs; each job refuses the ones that are not its own. They
+/// describe one job, so they have no environment twins.
+#[derive(Debug, clap::Args)]
+struct JobParams {
+    /// grep: the regular expression (Rust `regex` syntax) a line must match.
+    #[arg(long)]
+    pattern: Option<String>,
+
+    /// groupby: the input format.
+    #[arg(long, value_parser = ["csv", "jsonl"])]
+    format: Option<String>,
+
+    /// groupby: the key columns (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "COL[,COL...]")]
+    key: Vec<String>,
+
+    /// groupby: an aggregate, repeatable: count, sum:COL, min:COL, max:COL, avg:COL.
+    #[arg(long, value_name = "AGG")]
+    agg: Vec<String>,
+
+    /// groupby: what to do with a record that cannot be parsed: fail the job (naming file
+    /// and line) or skip it (counted in records_skipped).
+    #[arg(long, value_parser = ["fail", "skip"])]
+    on_bad_record: Option<String>,
+
+    /// exec: the NAME of the mapper program (see --allow-exec).
+    #[arg(long)]
+    mapper: Option<String>,
+
+    /// exec: the NAME of the reducer program (see --allow-exec); without it the mapper's
+    /// sorted output is the result.
+    #[arg(long)]
+    reducer: Option<String>,
+
+    /// Parameters as a JSON object, for custom jobs; the flags above are added to it.
+    #[arg(long, value_name = "JSON")]
+    params: Option<String>,
+}
+
+impl JobParams {
+    /// The spec's `params`: `null` when no parameter was given.
+    fn to_json(&self) -> Result<serde_json::Value, ProducerError> {
+        let mut object = match &self.params {
+            None => serde_json::Map::new(),
+            Some(text) => match serde_json::from_str(text) {
+                Ok(serde_json::Value::Object(object)) => object,
+                Ok(_) | Err(_) => {
+                    return Err(ProducerError::Usage(format!(
+                        "--params must be a JSON object, got {text:?}"
+                    )))
+                }
+            },
+        };
+        let mut set = |name: &str, value: serde_json::Value| {
+            object.insert(name.to_string(), value);
+        };
+        if let Some(pattern) = &self.pattern {
+            set("pattern", pattern.clone().into());
+        }
+        if let Some(format) = &self.format {
+            // Checked here too, so a typo fails as a usage error.
+            let _: InputFormat = serde_json::from_value(format.clone().into())
+                .map_err(|e| ProducerError::Usage(e.to_string()))?;
+            set("format", format.clone().into());
+        }
+        if !self.key.is_empty() {
+            set("key", self.key.clone().into());
+        }
+        if !self.agg.is_empty() {
+            set("agg", self.agg.clone().into());
+        }
+        if let Some(policy) = &self.on_bad_record {
+            let _: BadRecordPolicy = serde_json::from_value(policy.clone().into())
+                .map_err(|e| ProducerError::Usage(e.to_string()))?;
+            set("on_bad_record", policy.clone().into());
+        }
+        if let Some(mapper) = &self.mapper {
+            set("mapper", mapper.clone().into());
+        }
+        if let Some(reducer) = &self.reducer {
+            set("reducer", reducer.clone().into());
+        }
+        Ok(if object.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::Object(object)
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct SubmitArgs {
+    /// The job to run. Built in: wordcount, grep, invertedindex, groupby, exec.
+    #[arg(long = "job", env = "CHUNKFLOW_JOB")]
+    kind: String,
+
+    #[command(flatten)]
+    params: JobParams,
+
+    /// Run the job in this process on all cores, with no broker and no Redis, and print its
+    /// result (in the format of `producer result`) instead of a job id.
+    #[arg(long)]
+    local: bool,
+
+    /// Threads of a --local run.
+    #[arg(long, env = "CHUNKFLOW_THREADS", default_value_t = default_threads())]
+    threads: usize,
+
+    /// Number of partitions the keys are spread over (1 to 4096); each is reduced separately.
+    #[arg(long, env = "CHUNKFLOW_PARTITIONS", default_value_t = 8)]
+    partitions: u32,
+
+    /// Target chunk size: chunks hold whole lines up to this many bytes (a longer line is a
+    /// chunk of its own). Accepts bytes or units: 65536, 64KiB, 4MiB.
+    #[arg(long, env = "CHUNKFLOW_CHUNK_SIZE", default_value = "4MiB")]
+    chunk_size: ByteSize,
+
+    /// Longest line accepted; a longer one fails the submit, naming file and byte offset.
+    #[arg(long, env = "CHUNKFLOW_MAX_RECORD_SIZE", default_value = "64MiB")]
+    max_record_size: ByteSize,
+
+    /// Use this job id instead of a generated one (letters, digits, `-`, `_`). If a running
+    /// job with this id and the same settings exists, it is resumed: its chunks are
+    /// published again (duplicates are harmless) and it is sealed.
+    #[arg(long, value_parser = parse_job_id)]
+    job_id: Option<String>,
+
+    /// How long the job's result and status are kept in Redis after it ends (e.g. 24h, 7d).
+    #[arg(long, env = "CHUNKFLOW_JOB_TTL", default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
+
+    /// Wait until the job ends; exit 0 only if it succeeded. Progress goes to standard error.
+    #[arg(long)]
+    wait: bool,
+
+    /// No progress lines on standard error.
+    #[arg(long, short)]
+    quiet: bool,
+
+    /// Pause publishing while the map queue holds more than this many bytes of chunks.
+    #[arg(long, env = "CHUNKFLOW_MAX_QUEUED_BYTES", default_value = "512MiB")]
+    max_queued_bytes: ByteSize,
+
+    /// If the broker connection is lost while publishing, keep reconnecting (and
+    /// republishing unconfirmed chunks) this long before giving up.
+    #[arg(long, env = "CHUNKFLOW_RECONNECT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    reconnect_timeout: Duration,
+
+    /// Published but not yet confirmed bytes the producer may hold.
+    #[arg(long, env = "CHUNKFLOW_MAX_UNCONFIRMED_BYTES", default_value = "32MiB")]
+    max_unconfirmed_bytes: ByteSize,
+
+    /// Files, directories (every regular file below, recursively, in sorted order), or `-`
+    /// for standard input.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The `producer` binary over `registry`.
+pub fn producer_main(registry: JobRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init("warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, registry)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let usage = matches!(
+                error.downcast_ref::<ProducerError>(),
+                Some(ProducerError::Usage(_))
+            );
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn connect_store(connection: &ConnectionArgs) -> anyhow::Result<Store> {
+    Ok(Store::connect(
+        &connection.redis_url,
+        &connection.namespace,
+        connection.redis_timeout,
+    )
+    .await?)
+}
+
+async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Submit(args) if args.local => {
+            let registry = registry.with_exec(cli.exec.settings(ExecRole::Local));
+            submit_local(&registry, *args)
+        }
+        Command::Submit(args) => {
+            let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
+            submit(&cli.connection, &registry, *args).await
+        }
+        Command::Status { job, json } => {
+            let store = connect_store(&cli.connection).await?;
+            let status = producer::job_status(&store, &job).await?;
+            if json {
+                println!("{}", producer::status_json(&status));
+            } else {
+                print!("{}", producer::status_text(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job } => {
+            let store = connect_store(&cli.connection).await?;
+            let status = producer::cancel_job(&store, &job).await?;
+            eprintln!("{job}: {}", producer::progress_summary(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            let out: Box<dyn Write> = match &args.output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            let (size, seed) = (args.size.bytes(), args.seed);
+            match args.kind.as_str() {
+                "csv" => crate::datagen::write_transactions_csv(&mut out, size, seed),
+                "jsonl" => crate::datagen::write_transactions_jsonl(&mut out, size, seed),
+                _ => crate::datagen::write_text(&mut out, size, seed, args.vocabulary),
+            }
+            .and_then(|_| out.flush())
+            .context("writing generated data")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Result { job } => {
+            let store = connect_store(&cli.connection).await?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
+            let status = producer::write_result(&store, &registry, &job, &mut out).await?;
+            out.flush()
+                .context("writing the result to standard output")?;
+            report_skipped(status.counters.get(crate::jobs::RECORDS_SKIPPED).copied());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A note on standard error when records were skipped.
+fn report_skipped(skipped: Option<u64>) {
+    if let Some(skipped) = skipped.filter(|&n| n > 0) {
+        eprintln!("note: {skipped} bad records were skipped (--on-bad-record skip)");
+    }
+}
+
+fn submit_options(args: &SubmitArgs) -> Result<SubmitOptions, ProducerError> {
+    Ok(SubmitOptions {
+        kind: args.kind.clone(),
+        params: args.params.to_json()?,
+        partitions: args.partitions,
+        chunk_size: args.chunk_size.bytes(),
+        max_record_size: args.max_record_size.bytes(),
+        inputs: args.inputs.clone(),
+        job_id: args.job_id.clone(),
+        ttl: args.ttl,
+        max_queued_bytes: args.max_queued_bytes.bytes(),
+        max_unconfirmed_bytes: args.max_unconfirmed_bytes.bytes(),
+        reconnect_timeout: args.reconnect_timeout,
+    })
+}
+
+fn submit_local(registry: &JobRegistry, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let options = submit_options(&args)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let outcome = crate::local::run_local(registry, &options, args.threads, &mut out)?;
+    out.flush()
+        .context("writing the result to standard output")?;
+    if !args.quiet {
+        let counters: Vec<String> = outcome
+            .counters
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        eprintln!(
+            "local {}: {} chunks, {} in {:.2}s",
+            options.kind,
+            outcome.chunks,
+            counters.join(" "),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    report_skipped(outcome.counters.get(crate::jobs::RECORDS_SKIPPED).copied());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(
+    connection: &ConnectionArgs,
+    registry: &JobRegistry,
+    args: SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let options = submit_options(&args)?;
+    let mut submission = Submission::create(connection, registry, options).await?;
+    println!("{}", submission.job_id());
+    std::io::stdout().flush().ok();
+    let published = submission.publish(!args.quiet).await?;
+    tracing::info!(chunks = published.chunks, bytes = published.bytes, elapsed = ?started.elapsed(), "published");
+    if args.wait {
+        submission.wait(!args.quiet).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

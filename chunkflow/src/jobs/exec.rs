@@ -1,0 +1,613 @@
+//! exec: external programs as mapper and reducer, Hadoop Streaming style.
+//!
+//! Parameters: `{"mapper": NAME, "reducer": NAME?}`. A NAME is looked up in the allow-list
+//! the process was started with (`--allow-exec NAME=PROGRAM [ARGS]`): a task never carries
+//! a command line, so whoever can submit a job can run only what the operator allowed.
+//!
+//! - The mapper reads a chunk (whole lines) on standard input and writes `key<TAB>value`
+//!   lines (a line without a tab is a key with an empty value; a trailing `\r` is dropped).
+//!   Its lines are partitioned by key.
+//! - The reducer reads one partition's lines, sorted by key (then value) in byte order, so
+//!   a key's lines are adjacent, and writes result lines. Without a reducer the mapper's
+//!   lines, sorted, are the result.
+//! - Each run has a time limit, a cap on its standard output, a cleared environment
+//!   (only `PATH=/usr/local/bin:/usr/bin:/bin`), its own process group (killed whole on a
+//!   timeout); a non-zero exit, a signal, a timeout or too much output fails the job with
+//!   the end of the program's standard error.
+//!
+//! Where names are checked: a worker needs the mapper's name, a reducer the reducer's; a
+//! missing one fails the job naming it. The producer checks both when it was given an
+//! allow-list itself (the same `--allow-exec`, or `CHUNKFLOW_ALLOW_EXEC`), so a name no
+//! one allowed is refused before anything is published; without one it cannot know the
+//! workers' lists and leaves the check to them.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{
+    count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
+    ReduceOutput,
+};
+use crate::codec::{put_bytes, Reader};
+
+pub const KIND: &str = "exec";
+
+/// `PATH` of a program's otherwise empty environment.
+pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Standard error kept for the failure message.
+const STDERR_KEPT: usize = 4096;
+
+/// An allowed program: `NAME=PROGRAM [ARGS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub name: String,
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+impl Program {
+    /// Parses `NAME=PROGRAM [ARGS]` (arguments separated by spaces; no shell quoting).
+    pub fn parse(text: &str) -> Result<Program, String> {
+        let (name, command) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--allow-exec {text:?}: expected NAME=PROGRAM [ARGS]"))?;
+        check_name(name).map_err(|e| format!("--allow-exec {text:?}: {e}"))?;
+        let mut words = command.split_ascii_whitespace().map(str::to_string);
+        let program = words
+            .next()
+            .ok_or_else(|| format!("--allow-exec {text:?}: the program is empty"))?;
+        Ok(Program {
+            name: name.to_string(),
+            program,
+            args: words.collect(),
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "program name {name:?} must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+/// Which process builds the job, hence which names must be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecRole {
+    /// The producer: checks every name if it has an allow-list, none otherwise.
+    #[default]
+    Submit,
+    /// A worker: needs the mapper.
+    Map,
+    /// A reducer: needs the reducer, if the job has one.
+    Reduce,
+    /// The local runner: needs both.
+    Local,
+}
+
+/// The process's exec settings: allow-list, limits, and role.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    pub allowed: BTreeMap<String, Program>,
+    pub role: ExecRole,
+    pub timeout: Duration,
+    pub max_output: u64,
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        ExecSettings {
+            allowed: BTreeMap::new(),
+            role: ExecRole::Submit,
+            timeout: Duration::from_secs(600),
+            max_output: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    mapper: String,
+    #[serde(default)]
+    reducer: Option<String>,
+}
+
+/// Builds the job: names must be valid, and allowed as the role requires.
+pub fn build(
+    params: &serde_json::Value,
+    settings: &Arc<ExecSettings>,
+) -> Result<Arc<dyn Job>, JobError> {
+    let p: Params = params::parse(KIND, params)
+        .map_err(|e| JobError::new(format!("{e} (exec needs --mapper NAME)")))?;
+    check_name(&p.mapper).map_err(JobError::new)?;
+    if let Some(reducer) = &p.reducer {
+        check_name(reducer).map_err(JobError::new)?;
+    }
+    let (need_mapper, need_reducer, process) = match settings.role {
+        ExecRole::Submit => {
+            let has_list = !settings.allowed.is_empty();
+            (has_list, has_list, "producer")
+        }
+        ExecRole::Map => (true, false, "worker"),
+        ExecRole::Reduce => (false, true, "reducer"),
+        ExecRole::Local => (true, true, "producer --local"),
+    };
+    let lookup = |role: &str, name: &str| -> Result<Program, JobError> {
+        settings.allowed.get(name).cloned().ok_or_else(|| {
+            let allowed: Vec<&str> = settings.allowed.keys().map(String::as_str).collect();
+            JobError::new(format!(
+                "exec {role} `{name}` is not allowed on this {process}: start it with \
+                 --allow-exec {name}=PROGRAM [ARGS] (allowed here: {})",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ))
+        })
+    };
+    let mapper = if need_mapper {
+        Some(lookup("mapper", &p.mapper)?)
+    } else {
+        settings.allowed.get(&p.mapper).cloned()
+    };
+    let reducer = match &p.reducer {
+        Some(name) if need_reducer => Some(lookup("reducer", name)?),
+        Some(name) => settings.allowed.get(name).cloned(),
+        None => None,
+    };
+    Ok(Arc::new(Exec {
+        mapper_name: p.mapper,
+        mapper,
+        reducer_name: p.reducer,
+        reducer,
+        timeout: settings.timeout,
+        max_output: settings.max_output,
+    }))
+}
+
+/// The exec job.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    mapper_name: String,
+    mapper: Option<Program>,
+    reducer_name: Option<String>,
+    reducer: Option<Program>,
+    timeout: Duration,
+    max_output: u64,
+}
+
+/// Kills the process group a program was started in (it and whatever it started).
+fn kill_group(pid: u32) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    // The group id is the program's pid (`process_group(0)`): never 0 or 1, so this cannot
+    // signal our own group or every process.
+    if let Some(pid) = pid.filter(|p| p.as_raw_nonzero().get() > 1) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Runs `program` with `input` on standard input; its standard output on success.
+pub fn run_program(
+    role: &str,
+    program: &Program,
+    input: &[u8],
+    timeout: Duration,
+    max_output: u64,
+) -> Result<Vec<u8>, JobError> {
+    use std::os::unix::process::CommandExt;
+    let what = format!("exec {role} `{}` ({})", program.name, program.program);
+    let mut child = Command::new(&program.program)
+        .args(&program.args)
+        .env_clear()
+        .env("PATH", EXEC_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| JobError::new(format!("{what} could not start: {e}")))?;
+    let pid = child.id();
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        kill_group(pid);
+        let _ = child.wait();
+        return Err(JobError::new(format!("{what}: no pipes to the program")));
+    };
+    let too_much = Arc::new(AtomicBool::new(false));
+    let output = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // A program may exit without reading all of its input: not an error here.
+            let _ = stdin.write_all(input);
+        });
+        let errors = scope.spawn(move || {
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * STDERR_KEPT {
+                    kept.drain(..kept.len() - STDERR_KEPT);
+                }
+            }
+            kept
+        });
+        let flag = too_much.clone();
+        let out = scope.spawn(move || {
+            let mut out = Vec::new();
+            let limited = (&mut stdout).take(max_output + 1).read_to_end(&mut out);
+            if out.len() as u64 > max_output {
+                flag.store(true, Ordering::SeqCst);
+                kill_group(pid);
+            }
+            limited.map(|_| out)
+        });
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    kill_group(pid);
+                    let _ = child.wait();
+                    break Err(format!("did not finish within {timeout:?} and was killed"));
+                }
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    kill_group(pid);
+                    let _ = child.wait();
+                    break Err(format!("could not be waited for: {e}"));
+                }
+            }
+        };
+        let stderr = errors.join().unwrap_or_default();
+        let stdout = out.join();
+        (status, stdout, stderr)
+    });
+    let (status, stdout, stderr) = output;
+    let stderr_text = {
+        let text = String::from_utf8_lossy(&stderr);
+        let text = text.trim_end();
+        if text.is_empty() {
+            "(standard error was empty)".to_string()
+        } else {
+            format!("standard error: {text}")
+        }
+    };
+    if too_much.load(Ordering::SeqCst) {
+        return Err(JobError::new(format!(
+            "{what} wrote more than {max_output} bytes of output and was killed; {stderr_text}"
+        )));
+    }
+    let status = status.map_err(|e| JobError::new(format!("{what} {e}; {stderr_text}")))?;
+    if !status.success() {
+        return Err(JobError::new(format!(
+            "{what} failed ({status}); {stderr_text}"
+        )));
+    }
+    match stdout {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(JobError::new(format!("{what}: reading its output: {e}"))),
+        Err(_) => Err(JobError::new(format!("{what}: the output reader panicked"))),
+    }
+}
+
+/// The lines of a program's output, without line ends (a trailing `\r` dropped).
+fn lines_of(output: &[u8]) -> Vec<&[u8]> {
+    let body = output.strip_suffix(b"\n").unwrap_or(output);
+    if body.is_empty() {
+        return Vec::new();
+    }
+    body.split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .collect()
+}
+
+fn line_key(line: &[u8]) -> &[u8] {
+    memchr::memchr(b'\t', line).map_or(line, |tab| &line[..tab])
+}
+
+impl Job for Exec {
+    fn map_chunk(&self, ctx: &ChunkContext<'_>, data: &[u8]) -> Result<MapOutput, JobError> {
+        let mapper = self.mapper.as_ref().ok_or_else(|| {
+            JobError::new(format!(
+                "exec mapper `{}` is not allowed on this worker: start it with --allow-exec {}=PROGRAM [ARGS]",
+                self.mapper_name, self.mapper_name
+            ))
+        })?;
+        let output = run_program("mapper", mapper, data, self.timeout, self.max_output)?;
+        let mut buckets: Vec<Vec<(&[u8], &[u8])>> =
+            vec![Vec::new(); ctx.partitions.max(1) as usize];
+        for line in lines_of(&output) {
+            // Stored as (key, rest of the line from its tab on): the line comes back as is.
+            let key = line_key(line);
+            let value = &line[key.len()..];
+            buckets[partition_of(key, ctx.partitions) as usize].push((key, value));
+        }
+        let partials = buckets
+            .into_iter()
+            .map(|mut entries| {
+                entries.sort_unstable();
+                let mut out = Vec::new();
+                for (key, value) in entries {
+                    put_bytes(&mut out, key);
+                    put_bytes(&mut out, value);
+                }
+                out
+            })
+            .collect();
+        Ok(MapOutput {
+            partials,
+            counters: input_counters(count_lines(data), 0, data.len() as u64),
+        })
+    }
+
+    fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        for partial in &partials {
+            let mut reader = Reader::new(partial);
+            while !reader.is_empty() {
+                pairs.push((reader.bytes()?, reader.bytes()?));
+            }
+        }
+        pairs.sort_unstable();
+        let mut input = Vec::new();
+        for (key, rest) in &pairs {
+            input.extend_from_slice(key);
+            input.extend_from_slice(rest);
+            input.push(b'\n');
+        }
+        let output = match (&self.reducer_name, &self.reducer) {
+            (None, _) => input,
+            (Some(_), Some(reducer)) => {
+                if pairs.is_empty() {
+                    Vec::new()
+                } else {
+                    run_program("reducer", reducer, &input, self.timeout, self.max_output)?
+                }
+            }
+            (Some(name), None) => {
+                return Err(JobError::new(format!(
+                    "exec reducer `{name}` is not allowed on this reducer: start it with --allow-exec {name}=PROGRAM [ARGS]"
+                )))
+            }
+        };
+        // The result of a partition must be sorted by key for the final merge.
+        let mut lines = lines_of(&output);
+        lines.sort_unstable_by(|a, b| (line_key(a), *a).cmp(&(line_key(b), *b)));
+        let mut out = Vec::with_capacity(output.len() + 1);
+        for line in &lines {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        Ok(ReduceOutput {
+            lines: out,
+            records: lines.len() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(role: ExecRole, allowed: &[&str]) -> Arc<ExecSettings> {
+        Arc::new(ExecSettings {
+            allowed: allowed
+                .iter()
+                .map(|a| {
+                    let p = Program::parse(a).unwrap();
+                    (p.name.clone(), p)
+                })
+                .collect(),
+            role,
+            timeout: Duration::from_secs(10),
+            max_output: 1 << 20,
+        })
+    }
+
+    fn ctx(partitions: u32) -> ChunkContext<'static> {
+        ChunkContext {
+            source: "in",
+            offset: 0,
+            first_line: 1,
+            partitions,
+        }
+    }
+
+    #[test]
+    fn parses_allow_exec() {
+        let p = Program::parse("wc=/usr/bin/python3  -u  m.py").unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.program.as_str()),
+            ("wc", "/usr/bin/python3")
+        );
+        assert_eq!(p.args, vec!["-u", "m.py"]);
+        assert!(Program::parse("wc").is_err());
+        assert!(Program::parse("w c=/bin/true").is_err());
+        assert!(Program::parse("wc=  ").is_err());
+    }
+
+    #[test]
+    fn names_are_checked_where_they_run() {
+        let params = serde_json::json!({"mapper": "m", "reducer": "r"});
+        assert!(build(&params, &settings(ExecRole::Submit, &[])).is_ok());
+        let err = build(&params, &settings(ExecRole::Submit, &["m=/bin/cat"]))
+            .err()
+            .unwrap();
+        assert!(
+            err.message.contains("reducer `r` is not allowed"),
+            "{}",
+            err.message
+        );
+        assert!(build(&params, &settings(ExecRole::Map, &["m=/bin/cat"])).is_ok());
+        let err = build(&params, &settings(ExecRole::Map, &["r=/bin/cat"]))
+            .err()
+            .unwrap();
+        assert!(
+            err.message.contains("mapper `m`") && err.message.contains("--allow-exec m="),
+            "{}",
+            err.message
+        );
+        assert!(build(&params, &settings(ExecRole::Reduce, &["r=/bin/cat"])).is_ok());
+        assert!(build(
+            &serde_json::json!({"mapper": "a b"}),
+            &settings(ExecRole::Submit, &[])
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn shell_mapper_and_reducer() {
+        let s = Arc::new(ExecSettings {
+            allowed: [
+                Program {
+                    name: "split".into(),
+                    program: "/bin/sh".into(),
+                    args: vec!["-c".into(), "tr -s ' ' '\\n' | sed 's/$/\t1/'".into()],
+                },
+                Program {
+                    name: "sum".into(),
+                    program: "/bin/sh".into(),
+                    args: vec![
+                        "-c".into(),
+                        "awk -F'\t' '{s[$1]+=$2} END {for (k in s) print k \"\\t\" s[k]}'".into(),
+                    ],
+                },
+                Program {
+                    name: "env".into(),
+                    program: "/bin/sh".into(),
+                    args: vec![
+                        "-c".into(),
+                        "env | grep -v '^PWD=' | grep -v '^SHLVL=' | grep -v '^_='".into(),
+                    ],
+                },
+            ]
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+            role: ExecRole::Local,
+            timeout: Duration::from_secs(10),
+            max_output: 1 << 20,
+        });
+        let job = build(
+            &serde_json::json!({"mapper": "split", "reducer": "sum"}),
+            &s,
+        )
+        .unwrap();
+        let a = job.map_chunk(&ctx(2), b"a b a\nc\n").unwrap();
+        let b = job.map_chunk(&ctx(2), b"b a\n").unwrap();
+        let mut result = Vec::new();
+        for p in 0..2 {
+            let out = job
+                .reduce_partition(vec![a.partials[p].clone(), b.partials[p].clone()])
+                .unwrap();
+            result.extend(
+                String::from_utf8(out.lines)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        result.sort();
+        assert_eq!(result, vec!["a\t3", "b\t2", "c\t1"]);
+        let env = build(&serde_json::json!({"mapper": "env"}), &s).unwrap();
+        let out = env.map_chunk(&ctx(1), b"").unwrap();
+        let lines = env.reduce_partition(out.partials).unwrap().lines;
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            format!("PATH={EXEC_PATH}\n")
+        );
+    }
+
+    #[test]
+    fn failures_carry_stderr_timeouts_and_caps() {
+        let program = |script: &str| Program {
+            name: "p".into(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        };
+        let err = run_program(
+            "mapper",
+            &program("echo boom >&2; exit 3"),
+            b"x",
+            Duration::from_secs(5),
+            100,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("boom") && err.message.contains("3"),
+            "{}",
+            err.message
+        );
+        let started = Instant::now();
+        let err = run_program(
+            "mapper",
+            &program("sleep 30"),
+            b"",
+            Duration::from_millis(200),
+            100,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("did not finish"), "{}", err.message);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let err = run_program(
+            "mapper",
+            &program("yes"),
+            b"",
+            Duration::from_secs(10),
+            1000,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("more than 1000 bytes"),
+            "{}",
+            err.message
+        );
+        let err = run_program(
+            "mapper",
+            &Program {
+                name: "n".into(),
+                program: "/no/such".into(),
+                args: vec![],
+            },
+            b"",
+            Duration::from_secs(1),
+            10,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("could not start"), "{}", err.message);
+        assert_eq!(
+            run_program(
+                "mapper",
+                &program("head -c 3"),
+                &vec![b'z'; 1 << 20],
+                Duration::from_secs(5),
+                10
+            )
+            .unwrap(),
+            b"zzz"
+        );
+    }
+}
