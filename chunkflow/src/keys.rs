@@ -8,13 +8,13 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `ns:jobs` | sorted set | job ids by creation time (an index for listing; not in a job's slot) |
-//! | `ns:{job}:meta` | hash | `spec` (JSON), `state`, `partitions`, `total` (once sealed), `reason`, timestamps |
+//! | `ns:{job}:meta` | hash | `spec` (JSON), `state`, `partitions`, `total` (once sealed), `committed`, `outputs:P` (non-empty outputs per partition), `fence`, `reason`, timestamps |
 //! | `ns:{job}:done` | set | chunk ids committed (completion is membership, never a counter) |
 //! | `ns:{job}:counters` | hash | records read, bytes read, ... added once per first commit |
 //! | `ns:{job}:stats` | hash | deliveries, redeliveries, duplicates dropped (observability, not exact) |
 //! | `ns:{job}:errors` | hash | chunk id → last error of a failed attempt (for the failure reason) |
 //! | `ns:{job}:lease:P` | string | fencing token of the reducer holding partition P (expires) |
-//! | `ns:{job}:map:P` | hash | chunk id → encoded partial of partition P |
+//! | `ns:{job}:map:P` | hash | chunk id → encoded partial of partition P (non-empty ones only) |
 //! | `ns:{job}:reduced` | set | partitions whose result is stored |
 //! | `ns:{job}:result:P` | string | the final `key\tvalue\n` lines of partition P |
 

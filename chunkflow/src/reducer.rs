@@ -228,16 +228,16 @@ impl ReduceHandler {
         token: u64,
         code: std::sync::Arc<dyn crate::jobs::Job>,
     ) -> Result<Disposition, StoreError> {
-        let partials = self.store.partition_partials(&spec.id, partition).await?;
+        let (partials, committed) = self.store.partition_partials(&spec.id, partition).await?;
         let complete =
-            partials.len() as u64 == total && partials.iter().all(|(chunk, _)| *chunk < total);
+            partials.len() as u64 == committed && partials.iter().all(|(chunk, _)| *chunk < total);
         if !complete {
             // A concurrent reducer may have finished this partition and deleted its data.
             if self.store.is_reduced(&spec.id, partition).await? {
                 return Ok(Disposition::Ack);
             }
             let detail = format!(
-                "partition {partition} holds {} of {total} chunk outputs",
+                "partition {partition} holds {} of the {committed} chunk outputs committed to it",
                 partials.len()
             );
             return Ok(self.fail_job(spec, lost_state_reason(&detail)).await);

@@ -228,9 +228,15 @@ local n_counters = tonumber(ARGV[4])
 for i = 1, n_counters do
   redis.call('HINCRBY', KEYS[3], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
 end
+-- Only non-empty partials are stored (tiny chunks touch few partitions); the job record
+-- counts them per partition so a reducer can tell a lost hash from an empty one.
 local first_partial = 5 + 2 * n_counters
 for k = 5, #KEYS do
-  redis.call('HSET', KEYS[k], chunk, ARGV[first_partial + k - 5])
+  local partial = ARGV[first_partial + k - 5]
+  if partial ~= '' then
+    redis.call('HSET', KEYS[k], chunk, partial)
+    redis.call('HINCRBY', KEYS[1], 'outputs:' .. (k - 5), 1)
+  end
 end
 redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
 if total and members == tonumber(total) then
@@ -688,19 +694,25 @@ impl Store {
         Self::finish(conn, reply)
     }
 
-    /// The chunk outputs of one partition, keyed by chunk id.
+    /// The (non-empty) chunk outputs of one partition, keyed by chunk id, and how many the
+    /// job's record says were committed: fewer present than committed means lost data.
     pub async fn partition_partials(
         &self,
         job_id: &str,
         partition: u32,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<(Vec<(u64, Vec<u8>)>, u64), StoreError> {
+        let job = self.keys.job(job_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(job.partition_data(partition))
+            .cmd("HGET")
+            .arg(job.meta())
+            .arg(format!("outputs:{partition}"));
         let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<(String, Vec<u8>)>> = redis::cmd("HGETALL")
-            .arg(self.keys.job(job_id).partition_data(partition))
-            .query_async(&mut *conn)
-            .await;
-        let entries = Self::finish(conn, reply)?;
-        entries
+        let reply: RedisResult<(Vec<(String, Vec<u8>)>, Option<u64>)> =
+            pipe.query_async(&mut *conn).await;
+        let (entries, committed) = Self::finish(conn, reply)?;
+        let entries = entries
             .into_iter()
             .map(|(chunk, data)| {
                 chunk
@@ -713,7 +725,8 @@ impl Store {
                         ),
                     })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((entries, committed.unwrap_or(0)))
     }
 
     /// Stores a partition's result and marks it reduced, atomically; the last partition

@@ -618,3 +618,53 @@ fn scenario_11_redis_restart_without_persistence() {
         None,
     );
 }
+
+/// Lost state, key by key (what an eviction does): a partition's intermediate hash or the
+/// set of committed chunks disappears; the job fails saying Redis lost data instead of
+/// producing a silently wrong result.
+#[test]
+fn evicted_keys_fail_the_job_instead_of_a_wrong_result() {
+    let mut cluster = Cluster::new("evicted");
+    let (file, _, _) = text_input(&cluster, "a.txt", 33, 800);
+    cluster.worker(&[]);
+    // No reducer yet: the job stops at `reducing` with every chunk committed.
+    let (producer, job) = cluster.submit_background(
+        &["--chunk-size", "2KiB", "--partitions", "3", "-q"],
+        &[&file],
+    );
+    wait_for("the map phase to complete", LONG, || {
+        (cluster.status(&job)["state"] == "reducing").then_some(())
+    });
+    let keys = chunkflow::keys::Keys::new(&cluster.namespace).job(&job);
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.partition_data(1))
+        .query(&mut redis())
+        .unwrap();
+    cluster.reducer(&[]);
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("Redis lost part of this job's state") && stderr.contains("partition 1"),
+        "{stderr}"
+    );
+
+    // The set of committed chunks evicted while the job runs.
+    let (file, _, _) = text_input(&cluster, "b.txt", 34, 3000);
+    let slow = cluster.worker(&[("CHUNKFLOW_FAULT", "map-delay-ms=50")]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
+    wait_for("some chunks to commit", LONG, || {
+        (cluster.committed(&job) >= 3).then_some(())
+    });
+    let keys = chunkflow::keys::Keys::new(&cluster.namespace).job(&job);
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.chunks_done())
+        .query(&mut redis())
+        .unwrap();
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("Redis lost part of this job's state"),
+        "{stderr}"
+    );
+    assert!(cluster.service(slow).is_running());
+}
