@@ -71,10 +71,10 @@ run_full() {
   data=$(corpus "$size")
   bytes=$(stat -c %s "$data")
   echo "== wordcount over $size of generated text ($(nproc) cores)"
-  t0=$(now); "$bin/producer" submit --local --threads 1 --job wordcount "$data" >"$work/local1.tsv"; t1=$(now)
+  t0=$(now); "$bin/producer" submit --local -q --threads 1 --job wordcount "$data" >"$work/local1.tsv"; t1=$(now)
   local1=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
   echo "local runner, 1 thread:        $(mibps "$bytes" "$local1") MiB/s"
-  t0=$(now); "$bin/producer" submit --local --job wordcount "$data" >"$work/localn.tsv"; t1=$(now)
+  t0=$(now); "$bin/producer" submit --local -q --job wordcount "$data" >"$work/localn.tsv"; t1=$(now)
   localn=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
   echo "local runner, all cores:       $(mibps "$bytes" "$localn") MiB/s"
 
@@ -120,10 +120,13 @@ run_scaling() {
   local chunks="${BENCH_SCALING_CHUNKS:-64}" data base=""
   data="$work/scaling-$chunks.txt"
   [ -s "$data" ] || awk -v n="$chunks" 'BEGIN { for (i = 0; i < n; i++) printf "chunk %d of an I/O-bound job\n", i }' >"$data"
+  local mapper="$PWD/$work/slow-mapper.sh"
+  printf '#!/bin/sh\n# An I/O-bound mapper: waits 50 ms, then emits one key per line.\nsleep 0.05\nexec awk '"'"'{ print $1 "\\t" 1 }'"'"'\n' >"$mapper"
+  chmod +x "$mapper"
   echo "== I/O-bound job (mapper sleeps 50 ms per chunk), $chunks chunks"
   local workers t0 t1 secs
-  for workers in 1 2 4 8; do
-    start_cluster "$workers" 1 --allow-exec "slowcat=sh -c 'sleep 0.05; cat'"
+  for workers in ${BENCH_SCALING_WORKERS:-1 2 4 8}; do
+    start_cluster "$workers" 1 --allow-exec "slowcat=$mapper"
     t0=$(now)
     "$bin/producer" submit --job exec --mapper slowcat --wait -q --chunk-size 1 "$data" >/dev/null
     t1=$(now)
@@ -157,6 +160,7 @@ case "$mode" in
     BENCH_SIZE=2MiB run_full
     BENCH_TINY_CHUNKS=300 run_tiny
     BENCH_MEMORY_SIZES=4MiB run_memory
+    BENCH_SCALING_CHUNKS=8 BENCH_SCALING_WORKERS="1 2" run_scaling
     ;;
   *) echo "usage: $0 [full|tiny|scaling|memory|smoke|all]" >&2; exit 2 ;;
 esac
