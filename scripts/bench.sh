@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end throughput benchmark (not a test: it asserts nothing about time).
 #
-#   scripts/bench.sh [full|tiny|scaling|memory|smoke|all]
+#   scripts/bench.sh [full|tiny|scaling|memory|groupby|smoke|all]
 #
 # full     wordcount over a generated corpus (BENCH_SIZE, default 256MiB): the local runner
 #          with 1 thread (the per-core baseline) and with all cores, then the pipeline
@@ -13,7 +13,9 @@
 # scaling  an I/O-bound job (an exec mapper that sleeps 50 ms per chunk) with 1, 2, 4 and
 #          8 workers, reported as speed-up over 1 worker.
 # memory   producer peak RSS streaming 1 GiB and 4 GiB from standard input.
-# smoke    every mode on tiny inputs (what CI runs).
+# groupby  groupby over BENCH_GROUPBY_SIZE (default 100MiB) of generated transaction CSV,
+#          2 workers and 1 reducer, checked against the local runner.
+# smoke    every mode on tiny inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -150,17 +152,39 @@ run_memory() {
   cleanup
 }
 
+run_groupby() {
+  local size="${BENCH_GROUPBY_SIZE:-100MiB}" data bytes t0 t1 secs job
+  data="$work/transactions-$size.csv"
+  [ -s "$data" ] || "$bin/producer" generate csv --size "$size" --output "$data"
+  bytes=$(stat -c %s "$data")
+  local job_flags=(--job groupby --format csv --key country,category --agg count
+    --agg sum:amount --agg min:amount --agg max:amount --agg avg:amount)
+  echo "== groupby over $size of transaction CSV"
+  start_cluster 2 1
+  t0=$(now)
+  job=$("$bin/producer" submit "${job_flags[@]}" --wait -q "$data")
+  "$bin/producer" result "$job" >"$work/groupby.tsv"
+  t1=$(now)
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+  echo "pipeline, 2 workers 1 reducer: $(mibps "$bytes" "$secs") MiB/s ($secs s, submit to result printed)"
+  "$bin/producer" submit --local -q "${job_flags[@]}" "$data" >"$work/groupby-local.tsv"
+  cmp -s "$work/groupby.tsv" "$work/groupby-local.tsv" && echo "results identical to the local runner: yes" || echo "results identical: NO"
+  cleanup
+}
+
 case "$mode" in
   full) run_full ;;
   tiny) run_tiny ;;
   scaling) run_scaling ;;
   memory) run_memory ;;
-  all) run_full; run_tiny; run_scaling; run_memory ;;
+  groupby) run_groupby ;;
+  all) run_full; run_tiny; run_scaling; run_memory; run_groupby ;;
   smoke)
     BENCH_SIZE=2MiB run_full
     BENCH_TINY_CHUNKS=300 run_tiny
     BENCH_MEMORY_SIZES=4MiB run_memory
     BENCH_SCALING_CHUNKS=8 BENCH_SCALING_WORKERS="1 2" run_scaling
+    BENCH_GROUPBY_SIZE=1MiB run_groupby
     ;;
-  *) echo "usage: $0 [full|tiny|scaling|memory|smoke|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [full|tiny|scaling|memory|groupby|smoke|all]" >&2; exit 2 ;;
 esac

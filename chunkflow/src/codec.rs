@@ -89,6 +89,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `(key, value)` pair borrowed from an encoded partial.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// Every `(bytes, bytes)` pair of some encoded partials, in order: the shape of the
+/// partials of jobs that emit `(key, value)` byte strings.
+pub fn read_pairs(partials: &[Vec<u8>]) -> Result<Vec<Pair<'_>>, CodecError> {
+    let mut pairs = Vec::new();
+    for partial in partials {
+        let mut reader = Reader::new(partial);
+        while !reader.is_empty() {
+            pairs.push((reader.bytes()?, reader.bytes()?));
+        }
+    }
+    Ok(pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

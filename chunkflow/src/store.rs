@@ -709,8 +709,8 @@ impl Store {
             .arg(job.meta())
             .arg(format!("outputs:{partition}"));
         let mut conn = self.conn().await?;
-        let reply: RedisResult<(Vec<(String, Vec<u8>)>, Option<u64>)> =
-            pipe.query_async(&mut *conn).await;
+        type Reply = (Vec<(String, Vec<u8>)>, Option<u64>);
+        let reply: RedisResult<Reply> = pipe.query_async(&mut *conn).await;
         let (entries, committed) = Self::finish(conn, reply)?;
         let entries = entries
             .into_iter()

@@ -32,7 +32,7 @@ use super::{
     count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
     ReduceOutput,
 };
-use crate::codec::{put_bytes, Reader};
+use crate::codec::{put_bytes, read_pairs};
 
 pub const KIND: &str = "exec";
 
@@ -364,13 +364,7 @@ impl Job for Exec {
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {
-        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
-        for partial in &partials {
-            let mut reader = Reader::new(partial);
-            while !reader.is_empty() {
-                pairs.push((reader.bytes()?, reader.bytes()?));
-            }
-        }
+        let mut pairs = read_pairs(&partials)?;
         pairs.sort_unstable();
         let mut input = Vec::new();
         for (key, rest) in &pairs {

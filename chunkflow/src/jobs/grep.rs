@@ -17,7 +17,7 @@ use super::{
     count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
     ReduceOutput, ResultFormat,
 };
-use crate::codec::{put_bytes, Reader};
+use crate::codec::{put_bytes, read_pairs};
 use crate::output::SortKey;
 
 pub const KIND: &str = "grep";
@@ -97,13 +97,7 @@ impl Job for Grep {
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {
-        let mut entries: Vec<(&[u8], &[u8])> = Vec::new();
-        for partial in &partials {
-            let mut reader = Reader::new(partial);
-            while !reader.is_empty() {
-                entries.push((reader.bytes()?, reader.bytes()?));
-            }
-        }
+        let mut entries = read_pairs(&partials)?;
         entries.sort_unstable();
         let mut lines = Vec::new();
         for (key, display) in &entries {
