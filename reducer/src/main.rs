@@ -14,6 +14,12 @@ struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
 
+    #[command(flatten)]
+    monitor: chunkflow::monitor::MonitorArgs,
+
+    #[command(flatten)]
+    log: chunkflow::telemetry::LogArgs,
+
     /// Deliveries the broker may hand this process ahead of the one in progress.
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
@@ -36,8 +42,15 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    chunkflow::telemetry::init("info");
+    chunkflow::telemetry::init_with("info", cli.log.log_format);
     let shutdown = chunkflow::shutdown::on_signals();
+    let monitor = match chunkflow::monitor::start(&cli.monitor, &cli.connection, "reducer").await {
+        Ok(monitor) => monitor,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = ReducerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
@@ -46,7 +59,9 @@ async fn main() -> ExitCode {
         producer_timeout: cli.producer_timeout,
         registry: JobRegistry::stock(),
     };
-    match run(config, shutdown).await {
+    let result = run(config, shutdown).await;
+    monitor.stop().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "reducer stopped");
