@@ -10,9 +10,11 @@
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod dashboard;
 pub mod datagen;
 pub mod fault;
 pub mod http;
+pub mod inspect;
 pub mod jobs;
 pub mod keys;
 pub mod messages;
@@ -29,4 +31,5 @@ pub mod size;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod watch;
 pub mod worker;

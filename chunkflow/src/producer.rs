@@ -579,7 +579,7 @@ pub async fn wait_for_job(
     show_progress: bool,
     started: Instant,
 ) -> Result<JobStatus, ProducerError> {
-    let mut progress = Progress::new(show_progress);
+    let mut progress = crate::watch::JobProgress::new(show_progress);
     let mut poll = Duration::from_millis(20);
     let mut last_seen: Option<(JobSpec, JobState)> = None;
     loop {
@@ -603,6 +603,7 @@ pub async fn wait_for_job(
         };
         last_seen = Some((status.spec.clone(), status.state));
         let ended = status.state.is_final();
+        progress.update(&status);
         progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
         match status.state {
             JobState::Succeeded => {
