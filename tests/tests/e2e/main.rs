@@ -3,6 +3,10 @@
 
 mod bad_input;
 mod chaos;
+mod compose;
+mod dashboard;
 mod faults;
 mod helpers;
 mod pipeline;
+mod service;
+mod stack;
