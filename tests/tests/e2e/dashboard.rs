@@ -91,7 +91,7 @@ fn dump_dom(browser: &Path, profile: &Path, url: &str) -> String {
 
 /// `(state, progress)` of the job's row in the rendered jobs table.
 fn job_row(dom: &str, job: &str) -> Option<(String, f64)> {
-    let start = dom.find(&format!("<tr class=\"job"))?;
+    let start = dom.find("<tr class=\"job")?;
     let rows = &dom[start..];
     let at = rows.find(&format!("data-job=\"{job}\""))?;
     let row = &rows[at..rows[at..].find('>')? + at];
