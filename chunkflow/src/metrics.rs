@@ -18,7 +18,7 @@
 //! | `chunkflow_reduce_duration_seconds` | histogram | merge of one partition |
 //! | `chunkflow_commit_duration_seconds{role}` | histogram | the Redis commit of one chunk or partition |
 //! | `chunkflow_tasks_in_flight{role}` | gauge | deliveries being handled now |
-//! | `chunkflow_reconnects_total{role}` | counter | broker sessions re-established after a failure |
+//! | `chunkflow_reconnects_total{role}` | counter | broker sessions (or connection attempts) that failed and were retried |
 //! | `chunkflow_broker_connected{role}` | gauge | 1 while consuming |
 
 use std::sync::OnceLock;
@@ -107,7 +107,10 @@ fn describe() {
         "Redis commit of one chunk or partition"
     );
     describe_gauge!(IN_FLIGHT, "Deliveries being handled now");
-    describe_counter!(RECONNECTS, "Broker sessions re-established after a failure");
+    describe_counter!(
+        RECONNECTS,
+        "Broker sessions (or connection attempts) that failed and were retried"
+    );
     describe_gauge!(BROKER_CONNECTED, "1 while consuming from the broker");
 }
 
