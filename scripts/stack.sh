@@ -4,7 +4,7 @@
 # 2 reducers in the background, each serving /metrics, /healthz and /readyz.
 #
 #   scripts/stack.sh up        build release binaries, start the processes, wait until all
-#                              five announce themselves; prints where their metrics are
+#                              five announce themselves and answer /readyz
 #   scripts/stack.sh status    the live processes (producer workers) and the queues
 #   scripts/stack.sh down      SIGTERM every process this script started and wait for it
 #
@@ -43,8 +43,13 @@ metrics_addr() { # role index
   fi
 }
 
-live_count() {
-  "$1/producer" workers --json 2>/dev/null | grep -o '"pid":' | wc -l
+# Processes that announced themselves and answer /readyz (consuming, Redis reachable).
+ready_count() {
+  local count=0 addr
+  for addr in $("$1/producer" workers --json 2>/dev/null | grep -o '"metrics_addr":"[^"]*"' | cut -d'"' -f4); do
+    "$1/producer" probe "http://$addr/readyz" 2>/dev/null && count=$((count + 1))
+  done
+  echo "$count"
 }
 
 up() {
@@ -68,9 +73,9 @@ up() {
     done
   done
   local want=$((WORKERS + REDUCERS)) deadline=$((SECONDS + 60))
-  until [ "$(live_count "$bin")" -ge "$want" ]; do
+  until [ "$(ready_count "$bin")" -ge "$want" ]; do
     if ((SECONDS >= deadline)); then
-      echo "error: not all $want processes announced themselves within 60 s; logs in $STACK_DIR" >&2
+      echo "error: not all $want processes were ready within 60 s; logs in $STACK_DIR" >&2
       down
       return 1
     fi
