@@ -43,3 +43,18 @@ ensure_rabbitmq() {
 }
 
 ensure_services() { ensure_redis && ensure_rabbitmq; }
+
+# The dashboard test drives a real headless browser: install Debian's chromium when it is
+# missing and we can (root with apt-get); otherwise that one test skips, saying why.
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (for the dashboard browser test)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+      echo "warning: could not install chromium; the dashboard browser test will skip" >&2
+    fi
+  else
+    echo "warning: chromium is not installed (apt-get install chromium); the dashboard browser test will skip" >&2
+  fi
+  return 0
+}

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
+ensure_chromium
 rm -f target/chaos-report.txt
 cargo test --workspace "$@"
 if [ -f target/chaos-report.txt ]; then

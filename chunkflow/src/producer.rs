@@ -625,7 +625,7 @@ pub async fn wait_for_job(
     show_progress: bool,
     started: Instant,
 ) -> Result<JobStatus, ProducerError> {
-    let mut progress = Progress::new(show_progress);
+    let mut progress = crate::watch::JobProgress::new(show_progress);
     let mut poll = Duration::from_millis(20);
     let mut last_seen: Option<(JobSpec, JobState)> = None;
     loop {
@@ -649,6 +649,7 @@ pub async fn wait_for_job(
         };
         last_seen = Some((status.spec.clone(), status.state));
         let ended = status.state.is_final();
+        progress.update(&status);
         progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
         match status.state {
             JobState::Succeeded => {

@@ -159,6 +159,7 @@ impl ReduceHandler {
             return Ok(Disposition::Ack);
         }
         if self.store.is_reduced(&spec.id, task.partition).await? {
+            crate::metrics::duplicate("reducer");
             tracing::info!("partition already reduced; dropping duplicate task");
             return Ok(Disposition::Ack);
         }
@@ -245,11 +246,13 @@ impl ReduceHandler {
         if self.faults.reduce_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.faults.reduce_delay_ms)).await;
         }
+        let reduce_started = std::time::Instant::now();
         let reduced = tokio::task::spawn_blocking(move || {
             let data = partials.into_iter().map(|(_, data)| data).collect();
             code.reduce_partition(data)
         })
         .await;
+        crate::metrics::partition_reduced(reduce_started.elapsed());
         let output = match reduced {
             Ok(Ok(output)) => output,
             Ok(Err(error)) => {
@@ -274,17 +277,23 @@ impl ReduceHandler {
                     .await);
             }
         };
+        let commit_started = std::time::Instant::now();
         let outcome = self
             .store
             .commit_partition(spec, partition, token, &output)
-            .await?;
+            .await;
+        crate::metrics::committed("reducer", commit_started.elapsed());
+        let outcome = outcome?;
         Ok(match outcome {
             ReduceCommitOutcome::Reduced => Disposition::Ack,
             ReduceCommitOutcome::Succeeded => {
                 tracing::info!("last partition reduced; job succeeded");
                 Disposition::Ack
             }
-            ReduceCommitOutcome::Duplicate => Disposition::Ack,
+            ReduceCommitOutcome::Duplicate => {
+                crate::metrics::duplicate("reducer");
+                Disposition::Ack
+            }
             ReduceCommitOutcome::Fenced => {
                 // Requeue rather than ack: the redelivery finds the partition reduced by the
                 // lease's new holder, or, if that one died too, reduces it again.

@@ -158,9 +158,12 @@ pub async fn run_consumer<H: TaskHandler>(
     let mut backoff = Duration::from_millis(250);
     while !shutdown.is_cancelled() {
         let mut connected = false;
-        match session(args, settings, &topology, handler, shutdown, &mut connected).await {
+        let ended = session(args, settings, &topology, handler, shutdown, &mut connected).await;
+        crate::metrics::broker_connected(settings.role, false);
+        match ended {
             Ok(()) => break,
             Err(error) => {
+                crate::metrics::reconnect(settings.role);
                 if connected {
                     backoff = Duration::from_millis(250);
                 }
@@ -221,6 +224,7 @@ async fn session<H: TaskHandler>(
         )
         .await?;
     *connected = true;
+    crate::metrics::broker_connected(settings.role, true);
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
     loop {
         let next = tokio::select! {
@@ -238,6 +242,15 @@ async fn session<H: TaskHandler>(
             Some(None) => return Err(SessionError::ConsumerEnded),
             Some(Some(delivery)) => delivery?,
         };
+        let _in_flight = crate::metrics::task_started(
+            settings.role,
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str()),
+            delivery.redelivered,
+        );
         let task = Task {
             previous_deliveries: crate::messages::previous_deliveries(&delivery.properties),
             properties: delivery.properties,
@@ -256,6 +269,7 @@ async fn session<H: TaskHandler>(
                 return Ok(());
             }
         };
+        crate::metrics::task_settled(settings.role, &disposition);
         let acker = delivery.acker;
         let settled = match &disposition {
             Disposition::Ack => acker.ack(BasicAckOptions::default()).await?,

@@ -126,6 +126,31 @@ impl Topology {
         Ok(queue.message_count())
     }
 
+    /// Every queue of the namespace: map, reduce, dead letters.
+    pub fn queues(&self) -> [String; 3] {
+        [
+            self.map_queue(),
+            self.reduce_queue(),
+            self.dead_letter_queue(),
+        ]
+    }
+
+    /// Ready messages and consumers of a queue (passive declare: fails, closing the
+    /// channel, if the queue is missing).
+    pub async fn queue_counts(&self, channel: &Channel, queue: &str) -> lapin::Result<(u32, u32)> {
+        let queue = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((queue.message_count(), queue.consumer_count()))
+    }
+
     /// Deletes every queue and exchange of the namespace (tests and teardown).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         for queue in [

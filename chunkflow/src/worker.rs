@@ -275,6 +275,7 @@ impl MapHandler {
         let (offset, first_line, chunk) = (task.offset, task.first_line, task.chunk);
         let panic_on = self.faults.panic_on_chunk;
         let body = delivery.body;
+        let (map_started, body_len) = (Instant::now(), body.len());
         let mapped = tokio::task::spawn_blocking(move || {
             if panic_on == Some(chunk) {
                 panic!("fault injection: poison chunk {chunk}");
@@ -289,7 +290,11 @@ impl MapHandler {
         })
         .await;
         let output = match mapped {
-            Ok(Ok(output)) => output,
+            Ok(Ok(output)) => {
+                let records = output.counters.get("records_read").copied().unwrap_or(0);
+                crate::metrics::chunk_mapped(map_started.elapsed(), body_len, records);
+                output
+            }
             Ok(Err(error)) => {
                 // Job code refused its input: retrying cannot help. The job fails and the
                 // chunk goes to the dead-letter queue for inspection.
@@ -319,11 +324,13 @@ impl MapHandler {
                 return Disposition::Retry(format!("attempt {attempt} failed: {cause}"));
             }
         };
-        let outcome = match self
+        let commit_started = Instant::now();
+        let committed = self
             .store
             .commit_chunk(&job.spec, task.chunk, delivery.redelivered, &output)
-            .await
-        {
+            .await;
+        crate::metrics::committed("worker", commit_started.elapsed());
+        let outcome = match committed {
             Ok(outcome) => outcome,
             Err(error) => return store_disposition(error),
         };
@@ -338,6 +345,7 @@ impl MapHandler {
         match outcome {
             CommitOutcome::Committed => Disposition::Ack,
             CommitOutcome::Duplicate => {
+                crate::metrics::duplicate("worker");
                 tracing::info!("chunk already committed; dropping duplicate delivery");
                 Disposition::Ack
             }

@@ -64,6 +64,12 @@ struct WorkerCli {
     #[command(flatten)]
     connection: ConnectionArgs,
 
+    #[command(flatten)]
+    monitor: crate::monitor::MonitorArgs,
+
+    #[command(flatten)]
+    log: crate::telemetry::LogArgs,
+
     /// Deliveries the broker may hand this process ahead of the one in progress.
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
     prefetch: u16,
@@ -95,6 +101,12 @@ struct WorkerCli {
 struct ReducerCli {
     #[command(flatten)]
     connection: ConnectionArgs,
+
+    #[command(flatten)]
+    monitor: crate::monitor::MonitorArgs,
+
+    #[command(flatten)]
+    log: crate::telemetry::LogArgs,
 
     /// Deliveries the broker may hand this process ahead of the one in progress.
     #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
@@ -135,7 +147,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// The `worker` binary over `registry`.
 pub fn worker_main(registry: JobRegistry) -> ExitCode {
     let cli = WorkerCli::parse();
-    crate::telemetry::init("info");
+    crate::telemetry::init_with("info", cli.log.log_format);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -148,9 +160,20 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
         grace_period: cli.grace_period,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Map)),
     };
+    let monitor_args = cli.monitor;
     runtime.block_on(async {
         let shutdown = crate::shutdown::on_signals();
-        match crate::worker::run(config, shutdown).await {
+        let monitor = match crate::monitor::start(&monitor_args, &config.connection, "worker").await
+        {
+            Ok(monitor) => monitor,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = crate::worker::run(config, shutdown).await;
+        monitor.stop().await;
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = %error, "worker stopped");
@@ -164,7 +187,7 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
 /// The `reducer` binary over `registry`.
 pub fn reducer_main(registry: JobRegistry) -> ExitCode {
     let cli = ReducerCli::parse();
-    crate::telemetry::init("info");
+    crate::telemetry::init_with("info", cli.log.log_format);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -178,9 +201,20 @@ pub fn reducer_main(registry: JobRegistry) -> ExitCode {
         producer_timeout: cli.producer_timeout,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Reduce)),
     };
+    let monitor_args = cli.monitor;
     runtime.block_on(async {
         let shutdown = crate::shutdown::on_signals();
-        match crate::reducer::run(config, shutdown).await {
+        let monitor =
+            match crate::monitor::start(&monitor_args, &config.connection, "reducer").await {
+                Ok(monitor) => monitor,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        let result = crate::reducer::run(config, shutdown).await;
+        monitor.stop().await;
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = %error, "reducer stopped");

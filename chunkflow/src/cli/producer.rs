@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use super::ExecArgs;
 use crate::config::{parse_duration, parse_job_id, ConnectionArgs};
+use crate::inspect;
 use crate::jobs::exec::ExecRole;
 use crate::jobs::groupby::{BadRecordPolicy, InputFormat};
 use crate::jobs::JobRegistry;
@@ -32,6 +33,9 @@ struct Cli {
 
     #[command(flatten)]
     exec: ExecArgs,
+
+    #[command(flatten)]
+    log: crate::telemetry::LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -67,6 +71,73 @@ enum Command {
         /// The job id printed by `submit`.
         job: String,
     },
+    /// List the jobs still in Redis, newest first: state, progress, chunks, partitions, age.
+    Jobs {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live workers and reducers (from their heartbeats): id, host, pid, version,
+    /// uptime, tasks done, current task.
+    Workers {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each queue's ready and unacked messages and consumers (dead-letter queue
+    /// included). Unacked counts need the RabbitMQ management API.
+    Queues {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Follow a job until it ends: a progress bar on a terminal, plain lines otherwise.
+    /// Exits 0 only if the job succeeded.
+    Watch {
+        /// The job id printed by `submit`.
+        job: String,
+    },
+    /// Serve a live web dashboard: jobs with progress, per-partition progress of the
+    /// selected job, live workers, queue depths.
+    Dashboard {
+        /// Address to serve on (port 0 picks a free one; the address is printed).
+        #[arg(
+            long,
+            env = "CHUNKFLOW_DASHBOARD_LISTEN",
+            default_value = "127.0.0.1:8080"
+        )]
+        listen: String,
+        /// How often the page's data is refreshed.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        refresh: Duration,
+        #[command(flatten)]
+        management: ManagementArgs,
+    },
+    /// Exit 0 if URL answers HTTP 200 within 3 s (a healthcheck for images without curl:
+    /// `producer probe http://127.0.0.1:9090/readyz`).
+    Probe {
+        /// An http:// URL.
+        url: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ManagementArgs {
+    /// RabbitMQ management API, for unacked counts [default: the --amqp-url host and
+    /// credentials, port 15672]
+    #[arg(long, env = "CHUNKFLOW_MANAGEMENT_URL", hide_env_values = true)]
+    management_url: Option<String>,
+}
+
+impl ManagementArgs {
+    fn url(&self, connection: &ConnectionArgs) -> String {
+        self.management_url
+            .clone()
+            .or_else(|| crate::inspect::default_management_url(&connection.amqp_url))
+            .unwrap_or_else(|| "http://127.0.0.1:15672".to_string())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -259,7 +330,7 @@ fn default_threads() -> usize {
 /// The `producer` binary over `registry`.
 pub fn producer_main(registry: JobRegistry) -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init("warn");
+    crate::telemetry::init_with("warn", cli.log.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -305,12 +376,97 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         Command::Status { job, json } => {
             let store = connect_store(&cli.connection).await?;
             let status = producer::job_status(&store, &job).await?;
+            let mut redis = inspect::redis(&cli.connection)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let failures = inspect::failures(&mut redis, store.keys(), &job).await?;
+            let now = inspect::now();
             if json {
-                println!("{}", producer::status_json(&status));
+                println!("{}", inspect::status_json(&status, &failures, now));
             } else {
-                print!("{}", producer::status_text(&status));
+                print!("{}", inspect::status_text(&status, &failures, now));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { json } => {
+            let store = connect_store(&cli.connection).await?;
+            let jobs = inspect::jobs(&store).await?;
+            let now = inspect::now();
+            if json {
+                let list: Vec<_> = jobs
+                    .iter()
+                    .map(|status| inspect::job_summary_json(status, now))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                print!("{}", inspect::jobs_text(&jobs, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workers { json } => {
+            let mut redis = inspect::redis(&cli.connection)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let keys = crate::keys::Keys::new(&cli.connection.namespace);
+            let records = crate::presence::list(&mut redis, &keys).await?;
+            if json {
+                println!("{}", serde_json::to_string(&records)?);
+            } else {
+                print!("{}", inspect::workers_text(&records, inspect::now()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queues { json, management } => {
+            let url = management.url(&cli.connection);
+            let report = inspect::queues(&cli.connection, &url).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", inspect::queues_text(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { job } => {
+            let store = connect_store(&cli.connection).await?;
+            producer::wait_for_job(&store, &job, true, Instant::now()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard {
+            listen,
+            refresh,
+            management,
+        } => {
+            let config = crate::dashboard::DashboardConfig {
+                management_url: management.url(&cli.connection),
+                connection: cli.connection,
+                listen,
+                refresh,
+            };
+            let shutdown = crate::shutdown::on_signals();
+            crate::dashboard::run(config, shutdown, |addr| {
+                println!("dashboard: http://{addr}/");
+                std::io::stdout().flush().ok();
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe { url } => {
+            let parsed = crate::http::HttpUrl::parse(&url)?;
+            match crate::http::get(&parsed, Duration::from_secs(3)).await {
+                Ok((200, _)) => Ok(ExitCode::SUCCESS),
+                Ok((status, body)) => {
+                    eprintln!(
+                        "{}: HTTP {status}: {}",
+                        parsed.redacted(),
+                        String::from_utf8_lossy(&body).trim()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Cancel { job } => {
             let store = connect_store(&cli.connection).await?;

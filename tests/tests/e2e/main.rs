@@ -3,8 +3,12 @@
 
 mod bad_input;
 mod chaos;
+mod compose;
+mod dashboard;
 mod faults;
 mod helpers;
 mod job_helpers;
 mod jobs;
 mod pipeline;
+mod service;
+mod stack;

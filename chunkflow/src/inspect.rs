@@ -1,0 +1,519 @@
+//! Read-only views of a deployment for people and scripts: the job list, a job's detailed
+//! status (failures, throughput, time left, per-partition progress), the live workers and
+//! reducers, and the queues (ready, unacked, consumers). Used by `producer jobs`,
+//! `status`, `workers`, `queues` and the dashboard.
+//!
+//! Nothing here writes job state. Queue depths come from AMQP passive declares (ready
+//! messages and consumers, always available) and, when it answers, the RabbitMQ
+//! management API (unacknowledged messages, which AMQP cannot tell); when it does not, the
+//! unacked column is empty and the reason is reported, never a made-up zero.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::{redact_url, ConnectionArgs};
+use crate::http::{self, HttpUrl};
+use crate::keys::Keys;
+use crate::presence::ServiceRecord;
+use crate::size::human_bytes;
+use crate::store::{now_ms, JobState, JobStatus, Store, StoreError};
+use crate::topology::{self, Topology};
+
+/// Overall progress in [0, 1]: chunks committed and partitions reduced over their totals;
+/// `None` while the total number of chunks is not known yet (still publishing).
+pub fn progress(status: &JobStatus) -> Option<f64> {
+    if status.state == JobState::Succeeded {
+        return Some(1.0);
+    }
+    let total = status.total_chunks? + u64::from(status.spec.partitions);
+    if total == 0 {
+        return Some(1.0);
+    }
+    let done = status.chunks_committed + status.partitions_reduced;
+    Some((done as f64 / total as f64).min(1.0))
+}
+
+/// Seconds from the job's creation to its end (or to `now_ms`).
+pub fn elapsed_seconds(status: &JobStatus, now_ms: u64) -> f64 {
+    let end = status.finished_ms.unwrap_or(now_ms);
+    end.saturating_sub(status.created_ms) as f64 / 1000.0
+}
+
+/// Input bytes committed per second since the job was created.
+pub fn throughput(status: &JobStatus, now_ms: u64) -> f64 {
+    let bytes = status.counters.get("bytes_read").copied().unwrap_or(0);
+    bytes as f64 / elapsed_seconds(status, now_ms).max(1e-3)
+}
+
+/// Seconds left at the pace so far; `None` once ended or before any progress.
+pub fn eta_seconds(status: &JobStatus, now_ms: u64) -> Option<f64> {
+    if status.state.is_final() {
+        return None;
+    }
+    let done = progress(status)?;
+    if done <= 0.0 {
+        return None;
+    }
+    Some(elapsed_seconds(status, now_ms) * (1.0 - done) / done)
+}
+
+/// `1.5s`, `2m05s`, `3h04m`.
+pub fn human_duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0);
+    if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else if seconds < 3600.0 {
+        format!("{}m{:02}s", (seconds / 60.0) as u64, seconds as u64 % 60)
+    } else {
+        format!(
+            "{}h{:02}m",
+            (seconds / 3600.0) as u64,
+            (seconds as u64 % 3600) / 60
+        )
+    }
+}
+
+/// One failed attempt recorded for a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub chunk: u64,
+    pub error: String,
+}
+
+/// The last recorded error of every chunk that failed an attempt, by chunk.
+pub async fn failures(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    job: &str,
+) -> redis::RedisResult<Vec<Failure>> {
+    let errors: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.job(job).chunk_errors())
+        .query_async(conn)
+        .await?;
+    let mut failures: Vec<Failure> = errors
+        .into_iter()
+        .map(|(chunk, error)| Failure {
+            chunk: chunk.parse().unwrap_or(u64::MAX),
+            error,
+        })
+        .collect();
+    failures.sort_by_key(|f| f.chunk);
+    Ok(failures)
+}
+
+/// Progress of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub partition: u32,
+    /// Chunk outputs committed to this partition (all of them once reduced).
+    pub chunks_committed: u64,
+    pub reduced: bool,
+}
+
+/// Per-partition progress: chunk outputs held, and whether it is reduced.
+pub async fn partition_progress(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    status: &JobStatus,
+) -> redis::RedisResult<Vec<PartitionProgress>> {
+    let job = keys.job(&status.spec.id);
+    let partitions = status.spec.partitions;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SMEMBERS").arg(job.partitions_reduced());
+    for partition in 0..partitions {
+        pipe.cmd("HLEN").arg(job.partition_data(partition));
+    }
+    let mut reply: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let lengths: Vec<u64> = reply
+        .split_off(1.min(reply.len()))
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).unwrap_or(0))
+        .collect();
+    let reduced: Vec<String> = reply
+        .pop()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or_default();
+    let total = status.total_chunks.unwrap_or(status.chunks_committed);
+    Ok((0..partitions)
+        .map(|partition| {
+            let is_reduced = status.state == JobState::Succeeded
+                || reduced.iter().any(|p| p == &partition.to_string());
+            PartitionProgress {
+                partition,
+                chunks_committed: if is_reduced {
+                    total
+                } else {
+                    lengths.get(partition as usize).copied().unwrap_or(0)
+                },
+                reduced: is_reduced,
+            }
+        })
+        .collect())
+}
+
+/// `producer status --json`: the fields of [`crate::producer::status_json`] plus
+/// `progress`, `elapsed_seconds`, `throughput_bytes_per_second`, `eta_seconds` and
+/// `failures`.
+pub fn status_json(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Value {
+    let mut value = crate::producer::status_json(status);
+    if let Value::Object(map) = &mut value {
+        map.insert("progress".into(), json!(progress(status)));
+        map.insert(
+            "elapsed_seconds".into(),
+            json!(elapsed_seconds(status, now_ms)),
+        );
+        map.insert(
+            "throughput_bytes_per_second".into(),
+            json!(throughput(status, now_ms)),
+        );
+        map.insert("eta_seconds".into(), json!(eta_seconds(status, now_ms)));
+        map.insert("failures".into(), json!(failures));
+    }
+    value
+}
+
+/// `producer status`: the basic status plus progress, throughput, time left and failures.
+pub fn status_text(status: &JobStatus, failures: &[Failure], now_ms: u64) -> String {
+    let mut text = crate::producer::status_text(status);
+    if let Some(done) = progress(status) {
+        text.push_str(&format!("progress:   {:.1}%\n", done * 100.0));
+    }
+    text.push_str(&format!(
+        "elapsed:    {}\nthroughput: {}/s\n",
+        human_duration(elapsed_seconds(status, now_ms)),
+        human_bytes(throughput(status, now_ms) as u64)
+    ));
+    if let Some(eta) = eta_seconds(status, now_ms) {
+        text.push_str(&format!("time left:  ~{}\n", human_duration(eta)));
+    }
+    if failures.is_empty() {
+        text.push_str("failures:   none\n");
+    } else {
+        text.push_str(&format!("failures:   {} chunk(s)\n", failures.len()));
+        for failure in failures {
+            text.push_str(&format!("  chunk {}: {}\n", failure.chunk, failure.error));
+        }
+    }
+    text
+}
+
+/// One line of `producer jobs --json`.
+pub fn job_summary_json(status: &JobStatus, now_ms: u64) -> Value {
+    json!({
+        "job": status.spec.id,
+        "kind": status.spec.kind,
+        "state": status.state,
+        "progress": progress(status),
+        "chunks_committed": status.chunks_committed,
+        "chunks_total": status.total_chunks,
+        "partitions_reduced": status.partitions_reduced,
+        "partitions_total": status.spec.partitions,
+        "created_ms": status.created_ms,
+        "finished_ms": status.finished_ms,
+        "age_seconds": now_ms.saturating_sub(status.created_ms) as f64 / 1000.0,
+        "reason": status.reason,
+    })
+}
+
+/// Every job of the namespace still in Redis, newest first.
+pub async fn jobs(store: &Store) -> Result<Vec<JobStatus>, StoreError> {
+    let mut jobs = Vec::new();
+    for id in store.job_ids().await? {
+        if let Some(status) = store.status(&id).await? {
+            jobs.push(status);
+        }
+    }
+    jobs.sort_by(|a, b| (b.created_ms, &b.spec.id).cmp(&(a.created_ms, &a.spec.id)));
+    Ok(jobs)
+}
+
+/// `producer jobs` as a table.
+pub fn jobs_text(jobs: &[JobStatus], now_ms: u64) -> String {
+    if jobs.is_empty() {
+        return "no jobs\n".to_string();
+    }
+    let mut text = format!(
+        "{:<44} {:<10} {:<10} {:>7} {:>15} {:>11} {:>8}\n",
+        "JOB", "KIND", "STATE", "DONE", "CHUNKS", "PARTITIONS", "AGE"
+    );
+    for status in jobs {
+        let done = progress(status).map_or_else(|| "?".into(), |p| format!("{:.0}%", p * 100.0));
+        let total = status
+            .total_chunks
+            .map_or_else(|| "?".into(), |t| t.to_string());
+        text.push_str(&format!(
+            "{:<44} {:<10} {:<10} {:>7} {:>15} {:>11} {:>8}\n",
+            status.spec.id,
+            status.spec.kind,
+            status.state.as_str(),
+            done,
+            format!("{}/{}", status.chunks_committed, total),
+            format!("{}/{}", status.partitions_reduced, status.spec.partitions),
+            human_duration(now_ms.saturating_sub(status.created_ms) as f64 / 1000.0),
+        ));
+    }
+    text
+}
+
+/// `producer workers` as a table.
+pub fn workers_text(records: &[ServiceRecord], now_ms: u64) -> String {
+    if records.is_empty() {
+        return "no live workers or reducers\n".to_string();
+    }
+    let mut text = format!(
+        "{:<36} {:<8} {:<16} {:>7} {:<8} {:>9} {:>6} {:>6}  {}\n",
+        "ID", "ROLE", "HOST", "PID", "VERSION", "UP", "DONE", "SEEN", "TASK"
+    );
+    for record in records {
+        text.push_str(&format!(
+            "{:<36} {:<8} {:<16} {:>7} {:<8} {:>9} {:>6} {:>6}  {}\n",
+            record.id,
+            record.role,
+            record.host,
+            record.pid,
+            record.version,
+            human_duration(now_ms.saturating_sub(record.started_ms) as f64 / 1000.0),
+            record.tasks_done,
+            human_duration(now_ms.saturating_sub(record.last_seen_ms) as f64 / 1000.0),
+            record.current_task.as_deref().unwrap_or("-"),
+        ));
+    }
+    text
+}
+
+/// One queue's depth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    /// `false` if the queue does not exist (no process has declared it yet).
+    pub exists: bool,
+    pub ready: u64,
+    /// Delivered but not yet acked; `None` when the management API did not answer.
+    pub unacked: Option<u64>,
+    pub consumers: u64,
+}
+
+/// The queues of a namespace, and why unacked counts are missing (if they are).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuesReport {
+    pub queues: Vec<QueueStats>,
+    /// The management API URL used (password redacted).
+    pub management_url: String,
+    /// Why there are no unacked counts; `None` when the management API answered.
+    pub management_error: Option<String>,
+}
+
+/// Why queue depths could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum QueuesError {
+    #[error(transparent)]
+    Connect(#[from] topology::ConnectError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// The management API URL for an AMQP URL: same host and credentials, port 15672.
+pub fn default_management_url(amqp_url: &str) -> Option<String> {
+    let uri: lapin::uri::AMQPUri = amqp_url.parse().ok()?;
+    let user = &uri.authority.userinfo;
+    Some(format!(
+        "http://{}:{}@{}:15672",
+        http::percent_encode(&user.username),
+        http::percent_encode(&user.password),
+        uri.authority.host
+    ))
+}
+
+fn vhost(amqp_url: &str) -> String {
+    amqp_url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.vhost)
+        .unwrap_or_else(|_| "/".to_string())
+}
+
+/// Ready and consumer counts of every queue of the namespace over `connection`.
+pub async fn amqp_queue_counts(
+    connection: &lapin::Connection,
+    topology: &Topology,
+) -> Result<Vec<QueueStats>, QueuesError> {
+    let mut stats = Vec::new();
+    for queue in topology.queues() {
+        // A passive declare of a missing queue closes its channel: one channel each.
+        let channel = connection.create_channel().await?;
+        let counts = topology.queue_counts(&channel, &queue).await;
+        let exists = counts.is_ok();
+        let (ready, consumers) = counts.unwrap_or((0, 0));
+        if exists {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        stats.push(QueueStats {
+            queue,
+            exists,
+            ready: u64::from(ready),
+            unacked: None,
+            consumers: u64::from(consumers),
+        });
+    }
+    Ok(stats)
+}
+
+/// Adds unacked counts from the management API to `stats`; `Err` says why it could not.
+pub async fn add_unacked(
+    stats: &mut [QueueStats],
+    management: &str,
+    amqp_url: &str,
+) -> Result<(), String> {
+    let base = HttpUrl::parse(management).map_err(|e| e.to_string())?;
+    let path = format!(
+        "/api/queues/{}?columns=name,messages_unacknowledged",
+        http::percent_encode(&vhost(amqp_url))
+    );
+    let url = base.with_path(&path);
+    let (status, body) = http::get(&url, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!(
+            "{} answered HTTP {status}{}",
+            url.redacted(),
+            if status == 401 {
+                " (wrong credentials?)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let queues: Vec<Value> = serde_json::from_slice(&body)
+        .map_err(|e| format!("{} sent invalid JSON: {e}", url.redacted()))?;
+    for stat in stats.iter_mut() {
+        let found = queues
+            .iter()
+            .find(|q| q["name"].as_str() == Some(stat.queue.as_str()));
+        stat.unacked = Some(
+            found
+                .and_then(|q| q["messages_unacknowledged"].as_u64())
+                .unwrap_or(0),
+        );
+    }
+    Ok(())
+}
+
+/// Queue depths of the namespace, with unacked counts when the management API answers.
+pub async fn queues(
+    connection: &ConnectionArgs,
+    management: &str,
+) -> Result<QueuesReport, QueuesError> {
+    let topology = Topology::new(&connection.namespace);
+    let amqp = topology::connect(&connection.amqp_url, "inspect").await?;
+    let counted = amqp_queue_counts(&amqp, &topology).await;
+    let _ = amqp.close(200, "done".into()).await;
+    let mut stats = counted?;
+    let management_error = add_unacked(&mut stats, management, &connection.amqp_url)
+        .await
+        .err();
+    Ok(QueuesReport {
+        queues: stats,
+        management_url: HttpUrl::parse(management)
+            .map(|u| u.redacted())
+            .unwrap_or_else(|_| redact_url(management)),
+        management_error,
+    })
+}
+
+/// `producer queues` as a table, with a note when unacked counts are missing.
+pub fn queues_text(report: &QueuesReport) -> String {
+    let mut text = format!(
+        "{:<40} {:>8} {:>8} {:>10}\n",
+        "QUEUE", "READY", "UNACKED", "CONSUMERS"
+    );
+    for stat in &report.queues {
+        if !stat.exists {
+            text.push_str(&format!(
+                "{:<40} (not declared yet: no worker, reducer or producer has run)\n",
+                stat.queue
+            ));
+            continue;
+        }
+        text.push_str(&format!(
+            "{:<40} {:>8} {:>8} {:>10}\n",
+            stat.queue,
+            stat.ready,
+            stat.unacked.map_or_else(|| "?".into(), |n| n.to_string()),
+            stat.consumers
+        ));
+    }
+    if let Some(error) = &report.management_error {
+        text.push_str(&format!(
+            "unacked counts unavailable: the RabbitMQ management API did not answer ({error}); \
+             enable it with `rabbitmq-plugins enable rabbitmq_management` or set --management-url\n"
+        ));
+    }
+    text
+}
+
+/// A Redis connection for the views (heartbeat records, failures, partitions).
+pub async fn redis(connection: &ConnectionArgs) -> Result<MultiplexedConnection, String> {
+    crate::presence::connect(&connection.redis_url, connection.redis_timeout).await
+}
+
+/// The current time, for callers that render several views at one instant.
+pub fn now() -> u64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::JobSpec;
+
+    fn status(state: JobState, committed: u64, total: Option<u64>, reduced: u64) -> JobStatus {
+        JobStatus {
+            // Built from JSON so that fields added to the spec later keep this compiling.
+            spec: serde_json::from_value::<JobSpec>(json!({
+                "version": crate::jobs::SPEC_VERSION, "id": "j", "kind": "wordcount",
+                "partitions": 4, "chunk_size": 1, "max_record_size": 1,
+                "created_ms": 1_000, "ttl_secs": 1,
+            }))
+            .expect("a valid spec"),
+            state,
+            total_chunks: total,
+            chunks_committed: committed,
+            partitions_reduced: reduced,
+            reason: None,
+            counters: [("bytes_read".to_string(), 4096)].into_iter().collect(),
+            stats: BTreeMap::new(),
+            created_ms: 1_000,
+            finished_ms: None,
+        }
+    }
+
+    #[test]
+    fn progress_and_estimates() {
+        let publishing = status(JobState::Running, 3, None, 0);
+        assert_eq!(progress(&publishing), None);
+        assert_eq!(eta_seconds(&publishing, 5_000), None);
+        let half = status(JobState::Running, 6, Some(12), 0);
+        assert_eq!(progress(&half), Some(6.0 / 16.0));
+        // 6 of 16 steps in 4 s: 10 more steps at the same pace.
+        let eta = eta_seconds(&half, 5_000).unwrap();
+        assert!((eta - 4.0 * 10.0 / 6.0).abs() < 1e-9, "{eta}");
+        assert!((throughput(&half, 5_000) - 1024.0).abs() < 1e-9);
+        let done = status(JobState::Succeeded, 12, Some(12), 4);
+        assert_eq!(progress(&done), Some(1.0));
+        assert_eq!(eta_seconds(&done, 5_000), None);
+        assert_eq!(human_duration(125.0), "2m05s");
+    }
+
+    #[test]
+    fn management_url_follows_the_amqp_url() {
+        assert_eq!(
+            default_management_url("amqp://guest:guest@127.0.0.1:5672/%2f").as_deref(),
+            Some("http://guest:guest@127.0.0.1:15672")
+        );
+        assert_eq!(vhost("amqp://u:p@h:5672/%2f"), "/");
+    }
+}
