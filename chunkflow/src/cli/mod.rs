@@ -70,8 +70,9 @@ struct WorkerCli {
     #[command(flatten)]
     log: crate::telemetry::LogArgs,
 
-    /// Deliveries the broker may hand this process ahead of the one in progress.
-    #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
+    /// Deliveries the broker may hand this process ahead of the one in progress (per
+    /// consume loop). One keeps a worker's memory to about three chunks.
+    #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 1)]
     prefetch: u16,
 
     /// Chunks processed at once by this process (each with its own channel).

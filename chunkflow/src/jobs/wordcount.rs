@@ -220,7 +220,7 @@ impl Job for WordCount {
         // Distinct words grow much slower than text; this avoids most rehashing.
         let mut counts = ChunkCounts {
             borrowed: HashMap::with_capacity_and_hasher(
-                (data.len() / 64).min(1 << 20),
+                (data.len() / 32).min(1 << 20),
                 foldhash::fast::FixedState::default(),
             ),
             owned: new_count_map(),
