@@ -113,17 +113,7 @@ impl Topology {
 
     /// Ready-message count of a queue (passive declare: fails if the queue is missing).
     pub async fn ready_messages(&self, channel: &Channel, queue: &str) -> lapin::Result<u32> {
-        let queue = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(queue.message_count())
+        Ok(self.queue_counts(channel, queue).await?.0)
     }
 
     /// Every queue of the namespace: map, reduce, dead letters.
@@ -153,11 +143,7 @@ impl Topology {
 
     /// Deletes every queue and exchange of the namespace (tests and teardown).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in [
-            self.map_queue(),
-            self.reduce_queue(),
-            self.dead_letter_queue(),
-        ] {
+        for queue in self.queues() {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;

@@ -145,14 +145,49 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-/// The `worker` binary over `registry`.
-pub fn worker_main(registry: JobRegistry) -> ExitCode {
-    let cli = WorkerCli::parse();
-    crate::telemetry::init_with("info", cli.log.log_format);
+/// Runs a worker or reducer: its monitoring endpoints and heartbeat around `run`, which
+/// gets the shutdown token; maps the outcome to an exit code.
+fn run_service<F, Fut>(
+    role: &'static str,
+    monitor_args: &crate::monitor::MonitorArgs,
+    connection: &ConnectionArgs,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(crate::shutdown::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::service::ServiceError>>,
+{
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    runtime.block_on(async {
+        let shutdown = crate::shutdown::on_signals();
+        let monitor = match crate::monitor::start(monitor_args, connection, role).await {
+            Ok(monitor) => monitor,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = run(shutdown).await;
+        monitor.stop().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %error, role, "stopped on an error");
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The `worker` binary over `registry`.
+pub fn worker_main(registry: JobRegistry) -> ExitCode {
+    let cli = WorkerCli::parse();
+    crate::telemetry::init_with("info", cli.log.log_format);
+    let connection = cli.connection.clone();
     let config = crate::worker::WorkerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
@@ -161,27 +196,8 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
         grace_period: cli.grace_period,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Map)),
     };
-    let monitor_args = cli.monitor;
-    runtime.block_on(async {
-        let shutdown = crate::shutdown::on_signals();
-        let monitor = match crate::monitor::start(&monitor_args, &config.connection, "worker").await
-        {
-            Ok(monitor) => monitor,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let result = crate::worker::run(config, shutdown).await;
-        monitor.stop().await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                tracing::error!(error = %error, "worker stopped");
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        }
+    run_service("worker", &cli.monitor, &connection, |shutdown| {
+        crate::worker::run(config, shutdown)
     })
 }
 
@@ -189,10 +205,7 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
 pub fn reducer_main(registry: JobRegistry) -> ExitCode {
     let cli = ReducerCli::parse();
     crate::telemetry::init_with("info", cli.log.log_format);
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
+    let connection = cli.connection.clone();
     let config = crate::reducer::ReducerConfig {
         connection: cli.connection,
         prefetch: cli.prefetch,
@@ -202,26 +215,7 @@ pub fn reducer_main(registry: JobRegistry) -> ExitCode {
         producer_timeout: cli.producer_timeout,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Reduce)),
     };
-    let monitor_args = cli.monitor;
-    runtime.block_on(async {
-        let shutdown = crate::shutdown::on_signals();
-        let monitor =
-            match crate::monitor::start(&monitor_args, &config.connection, "reducer").await {
-                Ok(monitor) => monitor,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-        let result = crate::reducer::run(config, shutdown).await;
-        monitor.stop().await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                tracing::error!(error = %error, "reducer stopped");
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        }
+    run_service("reducer", &cli.monitor, &connection, |shutdown| {
+        crate::reducer::run(config, shutdown)
     })
 }
