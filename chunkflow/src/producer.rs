@@ -528,12 +528,16 @@ where
     }
 }
 
-/// Waits while the map queue holds `limit_messages` or more chunks.
+/// Waits while the map queue holds `limit_messages` or more chunks (checked every quarter
+/// of `--max-queued-bytes` published).
 async fn wait_for_queue_room(
     publisher: &mut ReconnectingPublisher,
     queue: &str,
     limit_messages: u64,
 ) -> Result<(), ProducerError> {
+    // Messages still unconfirmed are not in the queue's count yet: wait for their confirms
+    // first, or a fast producer would outrun the count and never pause.
+    publisher.flush().await?;
     let mut pause = Duration::from_millis(50);
     loop {
         let ready = publisher.ready_messages(queue).await?;
