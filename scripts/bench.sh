@@ -15,7 +15,8 @@
 # memory   producer peak RSS streaming 1 GiB and 4 GiB from standard input.
 # groupby  groupby over BENCH_GROUPBY_SIZE (default 100MiB) of generated transaction CSV,
 #          2 workers and 1 reducer, checked against the local runner.
-# smoke    every mode on tiny inputs.
+# smoke    every mode on tiny inputs (CI runs it: it fails if a result differs from the
+#          local runner's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -93,7 +94,7 @@ run_full() {
   pipe=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
   echo "pipeline, 2 workers 1 reducer: $(mibps "$bytes" "$pipe") MiB/s (submit to result printed)"
   awk -v l="$local1" -v p="$pipe" 'BEGIN { printf "ratio pipeline / 1-thread baseline: %.2f\n", l / p }'
-  cmp -s "$work/local1.tsv" "$work/pipeline.tsv" && echo "results identical: yes" || echo "results identical: NO"
+  if cmp -s "$work/local1.tsv" "$work/pipeline.tsv"; then echo "results identical: yes"; else echo "results identical: NO" >&2; exit 1; fi
   echo "CPU during the pipeline run: RabbitMQ $(awk -v a="$beam0" -v b="$(cpu_secs "$beam")" 'BEGIN { printf "%.2f", b - a }') s, Redis $(awk -v a="$redis0" -v b="$(cpu_secs "$redis")" 'BEGIN { printf "%.2f", b - a }') s"
   local pid
   for pid in "${pids[@]}"; do
@@ -168,7 +169,7 @@ run_groupby() {
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
   echo "pipeline, 2 workers 1 reducer: $(mibps "$bytes" "$secs") MiB/s ($secs s, submit to result printed)"
   "$bin/producer" submit --local -q "${job_flags[@]}" "$data" >"$work/groupby-local.tsv"
-  cmp -s "$work/groupby.tsv" "$work/groupby-local.tsv" && echo "results identical to the local runner: yes" || echo "results identical: NO"
+  if cmp -s "$work/groupby.tsv" "$work/groupby-local.tsv"; then echo "results identical to the local runner: yes"; else echo "results identical: NO" >&2; exit 1; fi
   cleanup
 }
 
