@@ -28,10 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{
-    count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
-    ReduceOutput,
-};
+use super::{params, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput};
 use crate::codec::{put_bytes, read_pairs};
 
 pub const KIND: &str = "exec";
@@ -357,10 +354,7 @@ impl Job for Exec {
                 out
             })
             .collect();
-        Ok(MapOutput {
-            partials,
-            counters: input_counters(count_lines(data), 0, data.len() as u64),
-        })
+        Ok(MapOutput::from_lines(partials, data))
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {

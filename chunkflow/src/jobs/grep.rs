@@ -14,8 +14,7 @@ use std::sync::Arc;
 use regex::bytes::{Regex, RegexBuilder};
 
 use super::{
-    count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
-    ReduceOutput, ResultFormat,
+    params, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput, ResultFormat,
 };
 use crate::codec::{put_bytes, read_pairs};
 use crate::output::SortKey;
@@ -90,10 +89,7 @@ impl Job for Grep {
                 out
             })
             .collect();
-        Ok(MapOutput {
-            partials,
-            counters: input_counters(count_lines(data), 0, data.len() as u64),
-        })
+        Ok(MapOutput::from_lines(partials, data))
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {

@@ -8,10 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::wordcount::for_each_lowercased_word;
-use super::{
-    count_lines, input_counters, params, partition_of, ChunkContext, Job, JobError, MapOutput,
-    ReduceOutput,
-};
+use super::{params, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput};
 use crate::codec::{put_bytes, Reader};
 
 pub const KIND: &str = "invertedindex";
@@ -54,10 +51,7 @@ impl Job for InvertedIndex {
                 out
             })
             .collect();
-        Ok(MapOutput {
-            partials,
-            counters: input_counters(count_lines(data), 0, data.len() as u64),
-        })
+        Ok(MapOutput::from_lines(partials, data))
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {

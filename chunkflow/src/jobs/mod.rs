@@ -102,6 +102,17 @@ pub struct MapOutput {
     pub counters: Counters,
 }
 
+impl MapOutput {
+    /// The output of a line-oriented job: `partials`, with every line of `data` read and
+    /// none skipped.
+    pub fn from_lines(partials: Vec<Vec<u8>>, data: &[u8]) -> MapOutput {
+        MapOutput {
+            partials,
+            counters: input_counters(count_lines(data), 0, data.len() as u64),
+        }
+    }
+}
+
 /// The final result of one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReduceOutput {

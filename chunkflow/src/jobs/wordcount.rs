@@ -13,9 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{
-    count_lines, input_counters, partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput,
-};
+use super::{partition_of, ChunkContext, Job, JobError, MapOutput, ReduceOutput};
 use crate::codec::{put_bytes, put_varint, Reader};
 
 pub const KIND: &str = "wordcount";
@@ -236,10 +234,7 @@ impl Job for WordCount {
             put_bytes(partial, word);
             put_varint(partial, count);
         }
-        Ok(MapOutput {
-            partials,
-            counters: input_counters(count_lines(data), 0, data.len() as u64),
-        })
+        Ok(MapOutput::from_lines(partials, data))
     }
 
     fn reduce_partition(&self, partials: Vec<Vec<u8>>) -> Result<ReduceOutput, JobError> {
