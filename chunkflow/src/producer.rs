@@ -26,7 +26,7 @@ use crate::messages::MapTask;
 use crate::messages::ReduceTask;
 use crate::output::write_results;
 use crate::publisher::ReconnectError;
-use crate::publisher::{PublishError, ReconnectingPublisher};
+use crate::publisher::{Pending, PublishError, ReconnectingPublisher};
 use crate::size::human_bytes;
 use crate::store::{now_ms, JobState, JobStatus, SealOutcome, Store, StoreError};
 use crate::topology::Topology;
@@ -404,20 +404,17 @@ impl Submission {
                 offset: chunk.offset,
                 first_line: chunk.first_line,
             };
-            let copies = if faults.publish_twice { 2 } else { 1 };
-            for _ in 0..copies {
-                publisher
-                    .publish(
-                        &map_queue,
-                        &chunk.data,
-                        task.properties(),
-                        format!("chunk {} of `{source}`", task.chunk),
-                    )
-                    .await?;
+            let len = chunk.data.len() as u64;
+            let what = format!("chunk {} of `{source}`", task.chunk);
+            if faults.publish_twice {
+                let copy = Pending::new(&map_queue, chunk.data.clone(), task.properties(), &what);
+                publisher.publish(copy).await?;
             }
+            let message = Pending::new(&map_queue, chunk.data, task.properties(), what);
+            publisher.publish(message).await?;
             chunks += 1;
-            bytes += chunk.data.len() as u64;
-            bytes_since_check += chunk.data.len() as u64;
+            bytes += len;
+            bytes_since_check += len;
             progress.line(false, || {
                 format!(
                     "{}: published {chunks} chunks, {}",
@@ -461,14 +458,13 @@ impl Submission {
                         job_id: job.clone(),
                         partition,
                     };
-                    publisher
-                        .publish(
-                            &self.topology.reduce_queue(),
-                            &task.body(),
-                            task.properties(),
-                            format!("reduce task {}", task.message_id()),
-                        )
-                        .await?;
+                    let message = Pending::new(
+                        &self.topology.reduce_queue(),
+                        task.body(),
+                        task.properties(),
+                        format!("reduce task {}", task.message_id()),
+                    );
+                    publisher.publish(message).await?;
                 }
                 publisher.flush().await?;
                 Ok(())

@@ -56,6 +56,23 @@ pub struct Pending {
     pub what: String,
 }
 
+impl Pending {
+    /// A message for `queue`; `what` names it in errors.
+    pub fn new(
+        queue: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+        what: impl Into<String>,
+    ) -> Self {
+        Pending {
+            queue: queue.to_string(),
+            body,
+            properties,
+            what: what.into(),
+        }
+    }
+}
+
 /// A confirm-mode channel with a window of unconfirmed messages.
 pub struct Publisher {
     channel: lapin::Channel,
@@ -107,13 +124,8 @@ impl Publisher {
         properties: BasicProperties,
         what: impl Into<String>,
     ) -> Result<(), PublishError> {
-        self.publish_pending(Pending {
-            queue: queue.to_string(),
-            body: body.to_vec(),
-            properties,
-            what: what.into(),
-        })
-        .await
+        self.publish_pending(Pending::new(queue, body.to_vec(), properties, what))
+            .await
     }
 
     /// Publishes a message; on a broker error the message is kept for
@@ -343,19 +355,9 @@ impl ReconnectingPublisher {
         }
     }
 
-    pub async fn publish(
-        &mut self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        what: impl Into<String>,
-    ) -> Result<(), PublishError> {
-        let message = Pending {
-            queue: queue.to_string(),
-            body: body.to_vec(),
-            properties,
-            what: what.into(),
-        };
+    /// Publishes `message`, reconnecting and replaying as needed. Takes the message by
+    /// value: chunk bodies are moved, not copied, on the producer's hot path.
+    pub async fn publish(&mut self, message: Pending) -> Result<(), PublishError> {
         match self.publisher.publish_pending(message).await {
             Err(error) if self.recoverable(&error) => self.recover(&error).await,
             Ok(()) => {
