@@ -191,6 +191,18 @@ enum SessionError {
     PublisherLost,
     #[error("the consuming channel was lost (an ack or reject was not delivered)")]
     ChannelLost,
+    #[error("the broker connection was closed")]
+    ConnectionLost,
+}
+
+/// How long an ack, reject or nack may take before its channel is taken for dead.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves once the connection or the channel is no longer usable.
+async fn connection_lost(connection: &lapin::Connection, channel: &lapin::Channel) {
+    while connection.status().connected() && channel.status().connected() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Resolves `grace` after shutdown is requested.
@@ -230,6 +242,9 @@ async fn session<H: TaskHandler>(
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
+            // lapin does not always end an idle consumer's stream when the broker closes
+            // the connection (seen with `rabbitmqctl close_all_connections`): watch it.
+            _ = connection_lost(&connection, &channel) => return Err(SessionError::ConnectionLost),
             next = consumer.next() => Some(next),
         };
         let delivery = match next {
@@ -271,22 +286,32 @@ async fn session<H: TaskHandler>(
         };
         crate::metrics::task_settled(settings.role, &disposition);
         let acker = delivery.acker;
-        let settled = match &disposition {
-            Disposition::Ack => acker.ack(BasicAckOptions::default()).await?,
-            Disposition::DeadLetter(reason) => {
-                tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
-                acker.reject(BasicRejectOptions { requeue: false }).await?
+        if let Disposition::Retry(reason) = &disposition {
+            tracing::warn!(reason = %reason, pause = ?settings.retry_pause, "requeueing task");
+            pause(settings.retry_pause, shutdown).await;
+        }
+        let settlement = async {
+            match &disposition {
+                Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
+                Disposition::DeadLetter(reason) => {
+                    tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
+                    acker.reject(BasicRejectOptions { requeue: false }).await
+                }
+                Disposition::Retry(_) => {
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        })
+                        .await
+                }
             }
-            Disposition::Retry(reason) => {
-                tracing::warn!(reason = %reason, pause = ?settings.retry_pause, "requeueing task");
-                pause(settings.retry_pause, shutdown).await;
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?
-            }
+        };
+        // A settlement that never completes (its connection closed under it) means a dead
+        // channel, like one returning false: the broker redelivers the task.
+        let settled = tokio::select! {
+            settled = tokio::time::timeout(SETTLE_TIMEOUT, settlement) => settled.unwrap_or(Ok(false))?,
+            _ = connection_lost(&connection, &channel) => false,
         };
         if !publisher.is_usable() {
             return Err(SessionError::PublisherLost);

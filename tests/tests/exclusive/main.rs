@@ -83,10 +83,22 @@ fn scenario_07_all_broker_connections_closed() {
         "chaos test: closing every connection",
     ]);
     finish(&cluster, running, "07 all broker connections closed");
-    assert!(
-        cluster.log("worker", 0).contains("reconnecting"),
-        "workers noticed and reconnected"
-    );
+    // Every worker, busy or idle when its connection was closed, comes back and consumes.
+    wait_for("both workers to reconnect", LONG, || {
+        (0..2)
+            .all(|w| cluster.log("worker", w).contains("reconnecting"))
+            .then_some(())
+    });
+    let topology = cluster.topology();
+    wait_for("both workers to consume again", LONG, || {
+        let (_, consumers) = with_channel(async |channel| {
+            topology
+                .queue_counts(channel, &topology.map_queue())
+                .await
+                .unwrap()
+        });
+        (consumers == 2).then_some(())
+    });
 }
 
 /// Restarts the broker's application on drop, whatever happened.
@@ -170,4 +182,40 @@ fn scenario_10_redis_client_connections_killed() {
         "workers, reducer and producer were connected ({killed} killed)"
     );
     finish(&cluster, running, "10 Redis client connections killed");
+}
+
+/// Scenario 7b: an idle worker (no task in hand) whose connection is closed by force must
+/// notice and come back; lapin does not always end an idle consumer's stream on its own.
+#[test]
+fn scenario_07b_idle_worker_reconnects_after_forced_close() {
+    let _alone = alone();
+    let mut cluster = Cluster::new("x-idle");
+    let worker = cluster.worker(&[]);
+    let topology = cluster.topology();
+    let consumers = || {
+        with_channel(async |channel| {
+            topology
+                .queue_counts(channel, &topology.map_queue())
+                .await
+                .map(|(_, consumers)| consumers)
+                .unwrap_or(0)
+        })
+    };
+    wait_for("the worker to consume", LONG, || {
+        (consumers() == 1).then_some(())
+    });
+    rabbitmqctl(&["close_all_connections", "chaos test: idle worker"]);
+    wait_for("the idle worker to notice", LONG, || {
+        cluster
+            .log("worker", worker)
+            .contains("reconnecting")
+            .then_some(())
+    });
+    wait_for("the idle worker to consume again", LONG, || {
+        (consumers() == 1).then_some(())
+    });
+    let (file, _, expected) = text_input(&cluster, "a.txt", 45, 200);
+    cluster.reducer(&[]);
+    let job = cluster.submit_wait(&["-q"], &[&file], &[]);
+    assert_eq!(cluster.result(&job), expected);
 }
