@@ -1,9 +1,9 @@
-//! Connection settings shared by every binary, validation of names that become part of
-//! keys and queue names, and redaction of secrets in URLs.
+//! Connection settings shared by every process, validation of names that become part of
+//! keys and queue names, durations as people write them, and redaction of secrets in URLs.
 //!
-//! Every flag has an environment twin; its doc comment is the `--help` text. Passwords in
-//! URLs are never printed: `--help` hides env values and shows the default redacted, and
-//! [`redact_url`] is used wherever a URL reaches a log line or an error.
+//! The command lines build a [`ConnectionConfig`] from flags; nothing here parses a command
+//! line. Passwords in URLs are never printed: [`redact_url`] is used wherever a URL reaches
+//! a log line or an error.
 
 use std::time::Duration;
 
@@ -15,30 +15,20 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_NAMESPACE: &str = "chunkflow";
 
 /// Where the broker and Redis are, and which namespace of them this deployment uses.
-#[derive(clap::Args, Clone)]
-pub struct ConnectionArgs {
-    /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
-    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
+/// Built by the command lines (flags and their environment twins) or by tests.
+#[derive(Clone)]
+pub struct ConnectionConfig {
     pub amqp_url: String,
-
-    /// Redis URL [default: redis://127.0.0.1:6379/0]
-    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_default_value = true, hide_env_values = true)]
     pub redis_url: String,
-
-    /// Prefix of every queue name and Redis key: deployments (and tests) with different
-    /// namespaces share one broker and one Redis without touching each other.
-    /// Letters, digits, `-` and `_`.
-    #[arg(long, global = true, env = "CHUNKFLOW_NAMESPACE", default_value = DEFAULT_NAMESPACE, value_parser = parse_namespace)]
+    /// Prefix of every queue name and Redis key (validated by [`parse_namespace`]).
     pub namespace: String,
-
-    /// How long to wait for one Redis reply before giving up (e.g. 500ms, 30s).
-    #[arg(long, global = true, env = "CHUNKFLOW_REDIS_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// How long to wait for one Redis reply before giving up.
     pub redis_timeout: Duration,
 }
 
-impl std::fmt::Debug for ConnectionArgs {
+impl std::fmt::Debug for ConnectionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionArgs")
+        f.debug_struct("ConnectionConfig")
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("namespace", &self.namespace)
@@ -47,10 +37,10 @@ impl std::fmt::Debug for ConnectionArgs {
     }
 }
 
-impl ConnectionArgs {
+impl ConnectionConfig {
     /// Settings for a local broker and Redis in the given namespace (tests, examples).
     pub fn local(namespace: &str) -> Self {
-        ConnectionArgs {
+        ConnectionConfig {
             amqp_url: DEFAULT_AMQP_URL.to_string(),
             redis_url: DEFAULT_REDIS_URL.to_string(),
             namespace: namespace.to_string(),
@@ -89,22 +79,6 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 64 || !text.chars().all(is_safe_char) {
         return Err(format!(
             "`{text}` is not a valid namespace: use 1 to 64 letters, digits, `-` or `_`"
-        ));
-    }
-    Ok(text.to_string())
-}
-
-/// Validates a job id: 1 to 128 of `[A-Za-z0-9_-]`, starting with a letter or digit. Ids
-/// become part of Redis keys (inside a `{...}` hash tag) and log lines, so `*`, `{`, `:`,
-/// `/`, `.` and spaces are refused.
-pub fn parse_job_id(text: &str) -> Result<String, String> {
-    let valid = !text.is_empty()
-        && text.len() <= 128
-        && text.chars().all(is_safe_char)
-        && text.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if !valid {
-        return Err(format!(
-            "`{text}` is not a valid job id: use 1 to 128 letters, digits, `-` or `_`, starting with a letter or digit"
         ));
     }
     Ok(text.to_string())
@@ -162,10 +136,6 @@ mod tests {
         assert!(parse_namespace("t-123_ab").is_ok());
         for bad in ["", "a.b", "a:b", "a{b}", "a*", "a b", &"x".repeat(65)] {
             assert!(parse_namespace(bad).is_err(), "{bad}");
-        }
-        assert!(parse_job_id("wordcount-20261126-ab12").is_ok());
-        for bad in ["", "-x", "a*", "a{b", "a:b", "..", "a/b", "a.b"] {
-            assert!(parse_job_id(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,5 +1,7 @@
-//! Prometheus metrics of workers and reducers: their names, and the hooks the consume loop,
-//! the worker and the reducer call. Nothing else names a metric.
+//! Metrics of workers and reducers: their names, and the hooks the consume loop, the worker
+//! and the reducer call. Nothing else names a metric. The hooks write to the `metrics`
+//! facade with plain labels and import nothing of the code that calls them; which exporter
+//! serves them (Prometheus, in the command-line crate) is the application's choice.
 //!
 //! Labels are bounded: `role` (worker, reducer) and, on failures, `outcome` (dead_letter,
 //! retry). Never a job id, chunk or partition: those belong in logs and `producer status`,
@@ -21,13 +23,9 @@
 //! | `chunkflow_reconnects_total{role}` | counter | broker sessions (or connection attempts) that failed and were retried |
 //! | `chunkflow_broker_connected{role}` | gauge | 1 while consuming |
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::service::Disposition;
 
 pub const DELIVERIES: &str = "chunkflow_deliveries_received_total";
 pub const REDELIVERED: &str = "chunkflow_tasks_redelivered_total";
@@ -43,34 +41,20 @@ pub const IN_FLIGHT: &str = "chunkflow_tasks_in_flight";
 pub const RECONNECTS: &str = "chunkflow_reconnects_total";
 pub const BROKER_CONNECTED: &str = "chunkflow_broker_connected";
 
-/// Histogram buckets, in seconds: 1 ms to 2 min.
-const BUCKETS: &[f64] = &[
+/// Histogram buckets, in seconds: 1 ms to 2 min (for whichever exporter is installed).
+pub const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide recorder (once) and registers every metric of `role` at zero,
-/// so a scrape shows the full set before the first task.
-pub fn install(role: &'static str) -> Option<&'static PrometheusHandle> {
-    let handle = HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), BUCKETS)
-            .ok()?;
-        match builder.install_recorder() {
-            Ok(handle) => Some(handle),
-            Err(error) => {
-                tracing::warn!(error = %error, "metrics recorder not installed");
-                None
-            }
-        }
-    });
+/// Describes every metric and registers those of `role` at zero, so a scrape shows the
+/// full set before the first task. Call once the process's recorder is installed.
+pub fn register(role: &'static str) {
     describe();
     for name in [DELIVERIES, REDELIVERED, SUCCEEDED, DUPLICATES, RECONNECTS] {
         counter!(name, "role" => role).absolute(0);
     }
-    for outcome in ["dead_letter", "retry"] {
-        counter!(FAILED, "role" => role, "outcome" => outcome).absolute(0);
+    for outcome in [Settlement::DeadLetter, Settlement::Retry] {
+        counter!(FAILED, "role" => role, "outcome" => outcome.label()).absolute(0);
     }
     gauge!(IN_FLIGHT, "role" => role).set(0.0);
     gauge!(BROKER_CONNECTED, "role" => role).set(0.0);
@@ -78,7 +62,6 @@ pub fn install(role: &'static str) -> Option<&'static PrometheusHandle> {
         counter!(BYTES_MAPPED).absolute(0);
         counter!(RECORDS).absolute(0);
     }
-    handle.as_ref()
 }
 
 fn describe() {
@@ -114,54 +97,50 @@ fn describe() {
     describe_gauge!(BROKER_CONNECTED, "1 while consuming from the broker");
 }
 
-/// The Prometheus text exposition of every metric (empty if no recorder is installed).
-pub fn render() -> String {
-    match HANDLE.get() {
-        Some(Some(handle)) => {
-            handle.run_upkeep();
-            handle.render()
-        }
-        _ => String::new(),
-    }
-}
-
-/// Held while a delivery is handled: counts it in flight, and names it as the process's
-/// current task (shown by `producer workers`).
+/// Held while a delivery is handled: counts it in flight.
 pub struct InFlight {
     role: &'static str,
 }
 
-/// A delivery arrived; `task` is its message id (`job/map/3`).
-pub fn task_started(role: &'static str, task: Option<&str>, redelivered: bool) -> InFlight {
+/// A delivery arrived.
+pub fn task_started(role: &'static str, redelivered: bool) -> InFlight {
     counter!(DELIVERIES, "role" => role).increment(1);
     if redelivered {
         counter!(REDELIVERED, "role" => role).increment(1);
     }
     gauge!(IN_FLIGHT, "role" => role).increment(1.0);
-    crate::monitor::state().set_current_task(task);
     InFlight { role }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         gauge!(IN_FLIGHT, "role" => self.role).decrement(1.0);
-        crate::monitor::state().set_current_task(None);
     }
 }
 
-/// A delivery was settled with `disposition`.
-pub fn task_settled(role: &'static str, disposition: &Disposition) {
-    match disposition {
-        Disposition::Ack => {
-            counter!(SUCCEEDED, "role" => role).increment(1);
-            crate::monitor::state().task_done();
+/// How a delivery was settled, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Ack,
+    DeadLetter,
+    Retry,
+}
+
+impl Settlement {
+    fn label(self) -> &'static str {
+        match self {
+            Settlement::Ack => "ack",
+            Settlement::DeadLetter => "dead_letter",
+            Settlement::Retry => "retry",
         }
-        Disposition::DeadLetter(_) => {
-            counter!(FAILED, "role" => role, "outcome" => "dead_letter").increment(1)
-        }
-        Disposition::Retry(_) => {
-            counter!(FAILED, "role" => role, "outcome" => "retry").increment(1)
-        }
+    }
+}
+
+/// A delivery was settled.
+pub fn task_settled(role: &'static str, settlement: Settlement) {
+    match settlement {
+        Settlement::Ack => counter!(SUCCEEDED, "role" => role).increment(1),
+        failed => counter!(FAILED, "role" => role, "outcome" => failed.label()).increment(1),
     }
 }
 
@@ -190,7 +169,6 @@ pub fn committed(role: &'static str, elapsed: Duration) {
 /// The broker session started consuming (`true`) or ended (`false`).
 pub fn broker_connected(role: &'static str, connected: bool) {
     gauge!(BROKER_CONNECTED, "role" => role).set(if connected { 1.0 } else { 0.0 });
-    crate::monitor::state().set_broker_connected(connected);
 }
 
 /// A broker session failed and is being re-established.

@@ -13,23 +13,24 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::broker::publisher::ReconnectError;
+use crate::broker::publisher::{
+    reduce_task_messages, Pending, PublishError, ReconnectingPublisher,
+};
+use crate::broker::topology::Topology;
 use crate::chunker::{
     expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource, RecordFormat,
 };
-use crate::config::{parse_job_id, ConnectionArgs};
+use crate::config::ConnectionConfig;
 use crate::fault::Faults;
+use crate::job::{now_ms, JobId, JobState, JobStatus};
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
-use crate::messages::MapTask;
-use crate::messages::ReduceTask;
 use crate::output::write_results;
-use crate::publisher::ReconnectError;
-use crate::publisher::{Pending, PublishError, ReconnectingPublisher};
+use crate::protocol::messages::MapTask;
 use crate::size::human_bytes;
-use crate::store::{now_ms, JobState, JobStatus, SealOutcome, Store, StoreError};
-use crate::topology::Topology;
+use crate::store::{SealOutcome, Store, StoreError};
 
 /// Largest accepted `--partitions`.
 pub const MAX_PARTITIONS: u32 = 4096;
@@ -45,7 +46,7 @@ pub struct SubmitOptions {
     pub chunk_size: u64,
     pub max_record_size: u64,
     pub inputs: Vec<String>,
-    pub job_id: Option<String>,
+    pub job_id: Option<JobId>,
     pub ttl: Duration,
     pub max_queued_bytes: u64,
     pub max_unconfirmed_bytes: u64,
@@ -129,15 +130,12 @@ impl SubmitOptions {
                 self.max_record_size
             )));
         }
-        if let Some(id) = &self.job_id {
-            parse_job_id(id).map_err(ProducerError::Usage)?;
-        }
         Ok(())
     }
 }
 
 /// A new job id: `<kind>-<utc date>-<utc time>-<random>`.
-pub fn generate_job_id(kind: &str) -> String {
+pub fn generate_job_id(kind: &str) -> JobId {
     use std::hash::{BuildHasher, Hasher};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -153,13 +151,20 @@ pub fn generate_job_id(kind: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(32)
         .collect();
-    format!(
+    let kind = if kind.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        kind
+    } else {
+        format!("job{kind}")
+    };
+    let id = format!(
         "{kind}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{:06x}",
         rem / 3600,
         rem / 60 % 60,
         rem % 60,
         hasher.finish() & 0xff_ffff
-    )
+    );
+    // Letters, digits, `-` and `_` only, starting with a letter or digit: always valid.
+    JobId::parse(&id).unwrap_or_else(|_| unreachable!("generated job id `{id}` is valid"))
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
@@ -235,7 +240,7 @@ impl Submission {
     /// Validates the options and inputs, connects, and stores the job's spec. Nothing is
     /// published yet; a missing input or an unknown job kind fails here.
     pub async fn create(
-        connection_args: &ConnectionArgs,
+        connection_args: &ConnectionConfig,
         registry: &JobRegistry,
         options: SubmitOptions,
     ) -> Result<Submission, ProducerError> {
@@ -300,6 +305,16 @@ impl Submission {
         })
     }
 
+    /// The store the job lives in (to follow it after publishing).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// When the submit started (for the throughput of `--wait`).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn job_id(&self) -> &str {
         &self.spec.id
     }
@@ -317,7 +332,7 @@ impl Submission {
         // for queue room or for the broker to come back.
         let heartbeat = {
             let store = self.store.clone();
-            let job = self.spec.id.clone();
+            let job = self.spec.id.to_string();
             tokio::spawn(async move {
                 loop {
                     if let Err(error) = store.producer_heartbeat(&job).await {
@@ -355,7 +370,7 @@ impl Submission {
             .publisher
             .take()
             .ok_or_else(|| ProducerError::Protocol {
-                job: self.spec.id.clone(),
+                job: self.spec.id.to_string(),
                 what: "published twice".into(),
             })?;
         let (sender, mut receiver) = mpsc::channel::<Result<(Arc<str>, Chunk), ChunkError>>(2);
@@ -444,7 +459,7 @@ impl Submission {
         publisher: &mut ReconnectingPublisher,
         total: u64,
     ) -> Result<(), ProducerError> {
-        let job = self.spec.id.clone();
+        let job = self.spec.id.to_string();
         // Sealing is idempotent, so a Redis blip is retried; if an earlier attempt sealed
         // and completed the job but its reply was lost, the job is already reducing and
         // nobody has published its reduce tasks: publish them (duplicates are harmless).
@@ -453,17 +468,9 @@ impl Submission {
         match outcome {
             SealOutcome::Sealed { .. } => Ok(()),
             SealOutcome::Completed | SealOutcome::NotRunning(JobState::Reducing) => {
-                for partition in 0..self.spec.partitions {
-                    let task = ReduceTask {
-                        job_id: job.clone(),
-                        partition,
-                    };
-                    let message = Pending::new(
-                        &self.topology.reduce_queue(),
-                        task.body(),
-                        task.properties(),
-                        format!("reduce task {}", task.message_id()),
-                    );
+                for message in
+                    reduce_task_messages(&self.topology, &self.spec.id, self.spec.partitions)
+                {
                     publisher.publish(message).await?;
                 }
                 publisher.flush().await?;
@@ -492,20 +499,15 @@ impl Submission {
             SealOutcome::Corrupt(detail) => Err(ProducerError::Protocol { job, what: detail }),
             SealOutcome::Lost(detail) => Err(ProducerError::Protocol {
                 job,
-                what: crate::worker::lost_state_reason(&detail),
+                what: crate::protocol::lost_state_reason(&detail),
             }),
         }
-    }
-
-    /// Waits until the job ends; `Ok` only if it succeeded.
-    pub async fn wait(&self, show_progress: bool) -> Result<JobStatus, ProducerError> {
-        wait_for_job(&self.store, &self.spec.id, show_progress, self.started).await
     }
 }
 
 /// Runs `operation` until it succeeds or fails for a reason other than Redis being
 /// unreachable for a while (up to about two minutes of retries).
-async fn retry_transient<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreError>
+pub async fn retry_transient<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -573,13 +575,13 @@ fn check_resumable(status: &JobStatus, wanted: &JobSpec) -> Result<(), ProducerE
     }
     if !differences.is_empty() {
         return Err(ProducerError::ResumeMismatch {
-            job: existing.id.clone(),
+            job: existing.id.to_string(),
             what: differences.join(", "),
         });
     }
     if status.state.is_final() {
         return Err(ProducerError::JobEnded {
-            job: existing.id.clone(),
+            job: existing.id.to_string(),
             state: status.state,
             reason: status
                 .reason
@@ -608,7 +610,7 @@ pub async fn cancel_job(store: &Store, job: &str) -> Result<JobStatus, ProducerE
 }
 
 /// Leaves a failed record for a job whose state Redis lost, so `status` tells why.
-async fn record_vanished(store: &Store, spec: &JobSpec, state: JobState) {
+pub async fn record_vanished(store: &Store, spec: &JobSpec, state: JobState) {
     let reason = format!(
         "Redis lost this job's state while it was {state} (a restart without persistence, or \
          eviction); its result cannot be trusted: re-submit it"
@@ -618,136 +620,9 @@ async fn record_vanished(store: &Store, spec: &JobSpec, state: JobState) {
     }
 }
 
-/// Polls a job until it ends, printing progress lines to standard error.
-pub async fn wait_for_job(
-    store: &Store,
-    job: &str,
-    show_progress: bool,
-    started: Instant,
-) -> Result<JobStatus, ProducerError> {
-    let mut progress = crate::watch::JobProgress::new(show_progress);
-    let mut poll = Duration::from_millis(20);
-    let mut last_seen: Option<(JobSpec, JobState)> = None;
-    loop {
-        let status = match retry_transient("following the job", || store.status(job)).await? {
-            Some(status) => status,
-            None => {
-                return Err(match last_seen {
-                    Some((spec, state)) => {
-                        record_vanished(store, &spec, state).await;
-                        ProducerError::JobVanished {
-                            job: job.to_string(),
-                            state,
-                        }
-                    }
-                    None => ProducerError::NoSuchJob {
-                        job: job.to_string(),
-                        namespace: store.keys().namespace().to_string(),
-                    },
-                })
-            }
-        };
-        last_seen = Some((status.spec.clone(), status.state));
-        let ended = status.state.is_final();
-        progress.update(&status);
-        progress.line(ended, || format!("{job}: {}", progress_summary(&status)));
-        match status.state {
-            JobState::Succeeded => {
-                let secs = started.elapsed().as_secs_f64();
-                let bytes = status.counters.get("bytes_read").copied().unwrap_or(0);
-                progress.line(true, || {
-                    format!(
-                        "{job}: succeeded in {secs:.2}s ({}, {:.1} MiB/s)",
-                        human_bytes(bytes),
-                        bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
-                    )
-                });
-                return Ok(status);
-            }
-            JobState::Failed | JobState::Cancelled => {
-                return Err(ProducerError::JobEnded {
-                    job: job.to_string(),
-                    state: status.state,
-                    reason: status.reason.unwrap_or_else(|| "no reason recorded".into()),
-                })
-            }
-            JobState::Running | JobState::Reducing => {}
-        }
-        tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// `chunks 3/10 committed, partitions 0/8 reduced`.
-pub fn progress_summary(status: &JobStatus) -> String {
-    let total = status
-        .total_chunks
-        .map_or_else(|| "? (still publishing)".to_string(), |t| t.to_string());
-    format!(
-        "{}, chunks {}/{} committed, partitions {}/{} reduced",
-        status.state,
-        status.chunks_committed,
-        total,
-        status.partitions_reduced,
-        status.spec.partitions
-    )
-}
-
-/// The status as a JSON document (stable field names, documented in the README).
-pub fn status_json(status: &JobStatus) -> serde_json::Value {
-    json!({
-        "job": status.spec.id,
-        "kind": status.spec.kind,
-        "state": status.state,
-        "chunks_committed": status.chunks_committed,
-        "chunks_total": status.total_chunks,
-        "partitions_reduced": status.partitions_reduced,
-        "partitions_total": status.spec.partitions,
-        "reason": status.reason,
-        "counters": status.counters,
-        "deliveries": status.stats,
-        "created_ms": status.created_ms,
-        "finished_ms": status.finished_ms,
-    })
-}
-
-/// The status for people.
-pub fn status_text(status: &JobStatus) -> String {
-    let mut text = format!(
-        "job:        {}\nkind:       {}\nstate:      {}\n",
-        status.spec.id, status.spec.kind, status.state
-    );
-    let total = status.total_chunks.map_or_else(
-        || "? (producer still publishing)".to_string(),
-        |t| t.to_string(),
-    );
-    text.push_str(&format!(
-        "chunks:     {}/{} committed\npartitions: {}/{} reduced\n",
-        status.chunks_committed, total, status.partitions_reduced, status.spec.partitions
-    ));
-    for (name, value) in &status.counters {
-        text.push_str(&format!(
-            "{:<11} {value}\n",
-            format!("{}:", name.replace('_', " "))
-        ));
-    }
-    if !status.stats.is_empty() {
-        let stats: Vec<String> = status
-            .stats
-            .iter()
-            .map(|(name, value)| format!("{value} {name}"))
-            .collect();
-        text.push_str(&format!("deliveries: {}\n", stats.join(", ")));
-    }
-    if let Some(reason) = &status.reason {
-        text.push_str(&format!("reason:     {reason}\n"));
-    }
-    text
-}
-
 /// Fetches a job's status.
 pub async fn job_status(store: &Store, job: &str) -> Result<JobStatus, ProducerError> {
-    parse_job_id(job).map_err(ProducerError::Usage)?;
+    JobId::parse(job).map_err(|e| ProducerError::Usage(e.to_string()))?;
     store
         .status(job)
         .await?
@@ -779,7 +654,7 @@ pub async fn write_result(
             return Err(ProducerError::NotFinished {
                 job: job.to_string(),
                 state,
-                progress: progress_summary(&status),
+                progress: status.progress_summary(),
             })
         }
     }
@@ -813,7 +688,8 @@ mod tests {
     #[test]
     fn generated_ids_are_valid() {
         let id = generate_job_id("wordcount");
-        assert!(parse_job_id(&id).is_ok(), "{id}");
+        assert!(JobId::parse(&id).is_ok(), "{id}");
+        assert!(generate_job_id("-x").starts_with("job-x-"));
         assert!(id.starts_with("wordcount-"));
     }
 }

@@ -22,20 +22,22 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConnectionArgs;
+use crate::broker::consumer::{self as service, ConsumerSettings, ServiceError, Task, TaskHandler};
+use crate::broker::publisher::Publisher;
+use crate::broker::topology::Topology;
+use crate::config::ConnectionConfig;
 use crate::fault::Faults;
+use crate::job::{now_ms, JobState};
 use crate::jobs::{JobRegistry, JobSpec};
-use crate::messages::ReduceTask;
-use crate::publisher::Publisher;
-use crate::service::{self, ConsumerSettings, Disposition, ServiceError, Task, TaskHandler};
-use crate::store::{now_ms, JobState, LeaseOutcome, ReduceCommitOutcome, Store, StoreError};
-use crate::topology::Topology;
-use crate::worker::{lost_state_reason, panic_message, store_disposition};
+use crate::protocol::messages::ReduceTask;
+use crate::protocol::Disposition;
+use crate::protocol::{lost_state_reason, panic_message, store_disposition};
+use crate::store::{LeaseOutcome, ReduceCommitOutcome, Store, StoreError};
 
 /// Reducer settings.
 #[derive(Debug, Clone)]
 pub struct ReducerConfig {
-    pub connection: ConnectionArgs,
+    pub connection: ConnectionConfig,
     pub prefetch: u16,
     /// How long a partition's lease lasts without renewal.
     pub lease: Duration,
@@ -47,6 +49,8 @@ pub struct ReducerConfig {
     /// Partitions reduced at once (one consume loop each).
     pub concurrency: usize,
     pub registry: JobRegistry,
+    /// This reducer's health, shared with its monitor.
+    pub health: std::sync::Arc<crate::health::ServiceHealth>,
 }
 
 /// Runs a reducer until `shutdown` is cancelled.
@@ -62,6 +66,7 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         prefetch: config.prefetch,
         retry_pause: Duration::from_millis(500),
         grace_period: config.grace_period,
+        health: config.health.clone(),
     };
     let janitor = tokio::spawn(run_janitor(
         store.clone(),

@@ -20,17 +20,21 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::ConnectionArgs;
+use crate::broker::consumer::{self as service, ConsumerSettings, ServiceError, Task, TaskHandler};
+use crate::broker::publisher::{publish_reduce_tasks, Publisher};
+use crate::broker::topology::Topology;
+use crate::config::ConnectionConfig;
 use crate::fault::Faults;
+use crate::health::ServiceHealth;
+use crate::job::JobState;
 use crate::jobs::{ChunkContext, Job, JobRegistry, JobSpec};
-use crate::messages::{MapTask, ReduceTask};
-use crate::publisher::{PublishError, Publisher};
-use crate::service::{self, ConsumerSettings, Disposition, ServiceError, Task, TaskHandler};
-use crate::store::{CommitOutcome, JobState, Store, StoreError};
-use crate::topology::Topology;
+use crate::protocol::messages::MapTask;
+use crate::protocol::Disposition;
+use crate::protocol::{lost_state_reason, panic_message, store_disposition};
+use crate::store::{CommitOutcome, Store};
 
 /// Largest accepted `max_attempts`: the queue's own delivery limit must stay a backstop.
-pub const MAX_ATTEMPTS_LIMIT: u32 = crate::topology::DELIVERY_LIMIT as u32 - 1;
+pub const MAX_ATTEMPTS_LIMIT: u32 = crate::broker::topology::DELIVERY_LIMIT as u32 - 1;
 
 /// How stale a job's cached state may be before a task re-reads it (cancel latency).
 const STATE_REFRESH: Duration = Duration::from_millis(250);
@@ -38,7 +42,7 @@ const STATE_REFRESH: Duration = Duration::from_millis(250);
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub connection: ConnectionArgs,
+    pub connection: ConnectionConfig,
     /// Deliveries the broker may hand this worker ahead of the one in progress.
     pub prefetch: u16,
     /// Deliveries of one chunk before its job is failed (1 to 19).
@@ -48,6 +52,8 @@ pub struct WorkerConfig {
     /// Chunks processed at once (one consume loop each).
     pub concurrency: usize,
     pub registry: JobRegistry,
+    /// This worker's health, shared with its monitor.
+    pub health: Arc<ServiceHealth>,
 }
 
 /// Runs a worker until `shutdown` is cancelled.
@@ -63,6 +69,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         prefetch: config.prefetch,
         retry_pause: Duration::from_secs(1),
         grace_period: config.grace_period,
+        health: config.health.clone(),
     };
     let faults = Faults::from_env();
     let max_attempts = config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT);
@@ -97,57 +104,6 @@ struct MapHandler {
     faults: Faults,
     max_attempts: u32,
     commits: u64,
-}
-
-/// Publishes one reduce task per partition, and waits for every confirm.
-pub async fn publish_reduce_tasks(
-    publisher: &mut Publisher,
-    topology: &Topology,
-    job_id: &str,
-    partitions: u32,
-) -> Result<(), PublishError> {
-    for partition in 0..partitions {
-        let task = ReduceTask {
-            job_id: job_id.to_string(),
-            partition,
-        };
-        publisher
-            .publish(
-                &topology.reduce_queue(),
-                &task.body(),
-                task.properties(),
-                format!("reduce task {}", task.message_id()),
-            )
-            .await?;
-    }
-    publisher.flush().await
-}
-
-/// Requeue what may pass, dead-letter what cannot.
-pub(crate) fn store_disposition(error: StoreError) -> Disposition {
-    if error.is_transient() {
-        Disposition::Retry(error.to_string())
-    } else {
-        Disposition::DeadLetter(error.to_string())
-    }
-}
-
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
-/// The message of a job that Redis lost part of.
-pub(crate) fn lost_state_reason(detail: &str) -> String {
-    format!(
-        "Redis lost part of this job's state ({detail}); it restarted without persistence or \
-         evicted keys. The result would be wrong, so the job is failed: re-submit it"
-    )
 }
 
 impl MapHandler {
@@ -201,7 +157,7 @@ impl MapHandler {
 
     async fn fail_job(&mut self, spec: &JobSpec, reason: &str) -> Result<(), Disposition> {
         tracing::error!(job_id = %spec.id, reason, "failing job");
-        if let Some(job) = self.jobs.get_mut(&spec.id) {
+        if let Some(job) = self.jobs.get_mut(spec.id.as_str()) {
             job.state = JobState::Failed;
         }
         self.store

@@ -1,6 +1,6 @@
-//! `reducer`: consumes reduce tasks; see `reducer --help`. The command line lives in the
-//! library ([`chunkflow::cli::reducer_main`]) so that binaries with custom jobs share it.
+//! `reducer`: consumes reduce tasks; see `reducer --help`. The command line lives in the app
+//! library ([`chunkflow_cli::reducer_main`]) so that binaries with custom jobs share it.
 
 fn main() -> std::process::ExitCode {
-    chunkflow::cli::reducer_main(chunkflow::jobs::JobRegistry::stock())
+    chunkflow_cli::reducer_main(chunkflow::jobs::JobRegistry::stock())
 }

@@ -29,32 +29,10 @@ pub mod wordcount;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use crate::chunker::RecordFormat;
 pub use crate::output::ResultFormat;
 
-/// Version of the [`JobSpec`] JSON layout.
-pub const SPEC_VERSION: u32 = 1;
-
-/// Everything a worker and a reducer need to know about a job; immutable once stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub version: u32,
-    pub id: String,
-    /// Registry name of the job code (`wordcount`, ...).
-    pub kind: String,
-    /// Job-specific parameters, validated by the job's builder.
-    #[serde(default)]
-    pub params: serde_json::Value,
-    pub partitions: u32,
-    pub chunk_size: u64,
-    pub max_record_size: u64,
-    /// Milliseconds since the Unix epoch.
-    pub created_ms: u64,
-    /// Time to live of the job's keys after it ends, in seconds.
-    pub ttl_secs: u64,
-}
+pub use crate::job::{JobSpec, SPEC_VERSION};
 
 /// Where a chunk came from; job code may use it (a grep job reports line numbers).
 ///

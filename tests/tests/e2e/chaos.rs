@@ -163,8 +163,8 @@ fn scenario_05_oversized_task_is_dead_lettered() {
         &[&file],
     );
     let topology = cluster.topology();
-    let task = chunkflow::messages::MapTask {
-        job_id: job.clone(),
+    let task = chunkflow::protocol::messages::MapTask {
+        job_id: chunkflow::job::JobId::parse(&job).expect("a valid job id"),
         chunk: 1_000_000,
         source: "forged".into(),
         offset: 0,
@@ -291,7 +291,7 @@ fn scenario_13_frozen_reducer_is_fenced() {
     ];
     let first = cluster.reducer(&slow_reducer);
     let (producer, job) = cluster.submit_background(&["--partitions", "1", "-q"], &[&file]);
-    let lease_key = chunkflow::keys::Keys::new(&cluster.namespace)
+    let lease_key = chunkflow::store::keys::Keys::new(&cluster.namespace)
         .job(&job)
         .partition_lease(0);
     let token = |key: &str| -> Option<u64> {
@@ -635,7 +635,7 @@ fn evicted_keys_fail_the_job_instead_of_a_wrong_result() {
     wait_for("the map phase to complete", LONG, || {
         (cluster.status(&job)["state"] == "reducing").then_some(())
     });
-    let keys = chunkflow::keys::Keys::new(&cluster.namespace).job(&job);
+    let keys = chunkflow::store::keys::Keys::new(&cluster.namespace).job(&job);
     let _: i64 = redis::cmd("DEL")
         .arg(keys.partition_data(1))
         .query(&mut redis())
@@ -655,7 +655,7 @@ fn evicted_keys_fail_the_job_instead_of_a_wrong_result() {
     wait_for("some chunks to commit", LONG, || {
         (cluster.committed(&job) >= 3).then_some(())
     });
-    let keys = chunkflow::keys::Keys::new(&cluster.namespace).job(&job);
+    let keys = chunkflow::store::keys::Keys::new(&cluster.namespace).job(&job);
     let _: i64 = redis::cmd("DEL")
         .arg(keys.chunks_done())
         .query(&mut redis())

@@ -55,8 +55,8 @@ fn every_task_delivered_twice_gives_identical_result() {
     let job_id = job.clone();
     with_channel(async |channel| {
         for partition in 0..8 {
-            let task = chunkflow::messages::ReduceTask {
-                job_id: job_id.clone(),
+            let task = chunkflow::protocol::messages::ReduceTask {
+                job_id: chunkflow::job::JobId::parse(&job_id).expect("a valid job id"),
                 partition,
             };
             channel
@@ -70,8 +70,8 @@ fn every_task_delivered_twice_gives_identical_result() {
                 .await
                 .unwrap();
         }
-        let map = chunkflow::messages::MapTask {
-            job_id: job_id.clone(),
+        let map = chunkflow::protocol::messages::MapTask {
+            job_id: chunkflow::job::JobId::parse(&job_id).expect("a valid job id"),
             chunk: 0,
             source: "late".into(),
             offset: 0,
@@ -220,12 +220,14 @@ fn garbage_on_the_task_queue_is_dead_lettered_while_a_job_completes() {
             b"future version",
         ),
         (
-            BasicProperties::default().with_type(chunkflow::messages::MAP_TASK_TYPE.into()),
+            BasicProperties::default()
+                .with_type(chunkflow::protocol::messages::MAP_TASK_TYPE.into()),
             b"no headers",
         ),
     ];
     let reduce_garbage = (
-        BasicProperties::default().with_type(chunkflow::messages::REDUCE_TASK_TYPE.into()),
+        BasicProperties::default()
+            .with_type(chunkflow::protocol::messages::REDUCE_TASK_TYPE.into()),
         &b"{\"job\": 5}"[..],
     );
     with_channel(async |channel| {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chunkflow::keys::Keys;
-use chunkflow::topology::Topology;
+use chunkflow::broker::topology::Topology;
+use chunkflow::store::keys::Keys;
 
 pub const AMQP_URL: &str = chunkflow::config::DEFAULT_AMQP_URL;
 pub const REDIS_URL: &str = chunkflow::config::DEFAULT_REDIS_URL;

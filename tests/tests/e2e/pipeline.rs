@@ -205,10 +205,10 @@ fn workers_exit_zero_on_sigterm_and_nothing_is_left_behind() {
         assert!(!cluster.redis_keys().is_empty());
     }
     // The cluster's drop removed the namespace: no key, no queue.
-    let keys = chunkflow::keys::Keys::new(&namespace).namespace_pattern();
+    let keys = chunkflow::store::keys::Keys::new(&namespace).namespace_pattern();
     let left: Vec<String> = redis::cmd("KEYS").arg(keys).query(&mut redis()).unwrap();
     assert!(left.is_empty(), "keys left behind: {left:?}");
-    let topology = chunkflow::topology::Topology::new(&namespace);
+    let topology = chunkflow::broker::topology::Topology::new(&namespace);
     let queue_exists = with_channel(async |channel| {
         topology
             .ready_messages(channel, &topology.map_queue())

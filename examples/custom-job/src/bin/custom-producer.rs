@@ -1,5 +1,5 @@
 //! The stock `producer` command line over a registry that includes the custom job.
 
 fn main() -> std::process::ExitCode {
-    chunkflow::cli::producer_main(custom_job::registry())
+    chunkflow_cli::producer_main(custom_job::registry())
 }

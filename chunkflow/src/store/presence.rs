@@ -17,8 +17,8 @@ use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionCon
 use serde::Serialize;
 
 use crate::config::redact_url;
-use crate::keys::Keys;
-use crate::store::now_ms;
+use crate::job::now_ms;
+use crate::store::keys::Keys;
 
 /// One live worker or reducer, as its heartbeat describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -11,6 +11,10 @@ use std::collections::VecDeque;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation, Connection, PublisherConfirm};
 
+use crate::broker::topology::Topology;
+use crate::job::JobId;
+use crate::protocol::messages::ReduceTask;
+
 /// RabbitMQ 3.10's default `max_message_size` is 128 MiB; stay clear of it.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024 - 64 * 1024;
 
@@ -221,6 +225,42 @@ impl Publisher {
     }
 }
 
+/// The reduce tasks of a job, one per partition: the one place they are built, whoever
+/// publishes them (the worker whose commit completed the map phase, or the producer whose
+/// seal did).
+pub fn reduce_task_messages<'a>(
+    topology: &Topology,
+    job_id: &'a JobId,
+    partitions: u32,
+) -> impl Iterator<Item = Pending> + 'a {
+    let queue = topology.reduce_queue();
+    (0..partitions).map(move |partition| {
+        let task = ReduceTask {
+            job_id: job_id.clone(),
+            partition,
+        };
+        Pending::new(
+            &queue,
+            task.body(),
+            task.properties(),
+            format!("reduce task {}", task.message_id()),
+        )
+    })
+}
+
+/// Publishes one reduce task per partition, and waits for every confirm.
+pub async fn publish_reduce_tasks(
+    publisher: &mut Publisher,
+    topology: &Topology,
+    job_id: &JobId,
+    partitions: u32,
+) -> Result<(), PublishError> {
+    for message in reduce_task_messages(topology, job_id, partitions) {
+        publisher.publish_pending(message).await?;
+    }
+    publisher.flush().await
+}
+
 /// A publisher that survives the loss of its broker connection: it reconnects with capped
 /// exponential backoff, declares the topology again, and republishes every message that was
 /// not confirmed (duplicates are harmless: the commit protocol drops them). It gives up
@@ -228,7 +268,7 @@ impl Publisher {
 pub struct ReconnectingPublisher {
     url: String,
     role: &'static str,
-    topology: crate::topology::Topology,
+    topology: crate::broker::topology::Topology,
     max_window_bytes: usize,
     give_up_after: std::time::Duration,
     connection: Connection,
@@ -244,7 +284,7 @@ const MAX_NACK_RECOVERIES: u32 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum ReconnectError {
     #[error(transparent)]
-    Connect(#[from] crate::topology::ConnectError),
+    Connect(#[from] crate::broker::topology::ConnectError),
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
 }
@@ -253,7 +293,7 @@ impl ReconnectingPublisher {
     pub async fn connect(
         url: &str,
         role: &'static str,
-        topology: crate::topology::Topology,
+        topology: crate::broker::topology::Topology,
         max_window_bytes: usize,
         give_up_after: std::time::Duration,
     ) -> Result<Self, ReconnectError> {
@@ -274,10 +314,10 @@ impl ReconnectingPublisher {
     async fn open(
         url: &str,
         role: &'static str,
-        topology: &crate::topology::Topology,
+        topology: &crate::broker::topology::Topology,
         max_window_bytes: usize,
     ) -> Result<(Connection, Publisher), ReconnectError> {
-        let connection = crate::topology::connect(url, role).await?;
+        let connection = crate::broker::topology::connect(url, role).await?;
         let publisher = Publisher::open(&connection, max_window_bytes).await?;
         topology.declare(publisher.channel()).await?;
         Ok((connection, publisher))

@@ -1,5 +1,5 @@
 //! `producer dashboard`: a small live web page over the same views as `producer jobs`,
-//! `status`, `workers` and `queues` ([`crate::inspect`]).
+//! `status`, `workers` and `queues` ([`crate::views`]).
 //!
 //! One page of plain HTML, CSS and JavaScript compiled into the binary (no build step),
 //! polling two JSON endpoints:
@@ -22,19 +22,19 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConnectionArgs;
 use crate::http::{self, Request, Response};
-use crate::inspect;
-use crate::keys::Keys;
-use crate::store::Store;
-use crate::topology::{self, Topology};
+use crate::views;
+use chunkflow::broker::topology::{self, Topology};
+use chunkflow::config::ConnectionConfig;
+use chunkflow::store::keys::Keys;
+use chunkflow::store::Store;
 
 const PAGE: &str = include_str!("dashboard.html");
 
 /// Dashboard settings.
 #[derive(Debug, Clone)]
 pub struct DashboardConfig {
-    pub connection: ConnectionArgs,
+    pub connection: ConnectionConfig,
     /// Address to serve on (`127.0.0.1:8080`; port 0 picks one).
     pub listen: String,
     /// RabbitMQ management API, for unacked counts.
@@ -53,7 +53,7 @@ pub enum DashboardError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] chunkflow::store::StoreError),
     #[error("{0}")]
     Redis(String),
 }
@@ -78,7 +78,7 @@ pub async fn run(
         connection.redis_timeout,
     )
     .await?;
-    let redis = inspect::redis(connection)
+    let redis = views::redis(connection)
         .await
         .map_err(DashboardError::Redis)?;
     let listener = http::bind(&config.listen)
@@ -125,7 +125,7 @@ async fn route(shared: Arc<Shared>, request: Request) -> Response {
             Response::json(&overview)
         }
         "/api/job" => match request.param("id") {
-            Some(job) if crate::config::parse_job_id(job).is_ok() => job_detail(&shared, job)
+            Some(job) if chunkflow::job::JobId::parse(job).is_ok() => job_detail(&shared, job)
                 .await
                 .unwrap_or_else(|error| Response::text(500, format!("{error}\n"))),
             _ => Response::text(400, "give a valid ?id=JOB\n"),
@@ -139,13 +139,13 @@ async fn job_detail(shared: &Shared, job: &str) -> Result<Response, String> {
         return Ok(Response::text(404, format!("no job `{job}`\n")));
     };
     let mut redis = shared.redis.clone();
-    let failures = inspect::failures(&mut redis, &shared.keys, job)
+    let failures = views::failures(&mut redis, &shared.keys, job)
         .await
         .map_err(|e| e.to_string())?;
-    let partitions = inspect::partition_progress(&mut redis, &shared.keys, &status)
+    let partitions = views::partition_progress(&mut redis, &shared.keys, &status)
         .await
         .map_err(|e| e.to_string())?;
-    let mut value = inspect::status_json(&status, &failures, inspect::now());
+    let mut value = views::status_json(&status, &failures, views::now());
     value["partitions"] = json!(partitions);
     Ok(Response::json(&value))
 }
@@ -154,12 +154,12 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
     let topology = Topology::new(&config.connection.namespace);
     let mut amqp: Option<lapin::Connection> = None;
     loop {
-        let now = inspect::now();
+        let now = views::now();
         let mut errors = Vec::new();
-        let jobs = match inspect::jobs(&shared.store).await {
+        let jobs = match views::jobs(&shared.store).await {
             Ok(jobs) => jobs
                 .iter()
-                .map(|status| inspect::job_summary_json(status, now))
+                .map(|status| views::job_summary_json(status, now))
                 .collect(),
             Err(error) => {
                 errors.push(format!("jobs: {error}"));
@@ -167,7 +167,7 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
             }
         };
         let mut redis = shared.redis.clone();
-        let workers = match crate::presence::list(&mut redis, &shared.keys).await {
+        let workers = match chunkflow::store::presence::list(&mut redis, &shared.keys).await {
             Ok(records) => records,
             Err(error) => {
                 errors.push(format!("workers: {error}"));
@@ -182,9 +182,9 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
         }
         let mut queues = Vec::new();
         if let Some(connection) = &amqp {
-            match inspect::amqp_queue_counts(connection, &topology).await {
+            match views::amqp_queue_counts(connection, &topology).await {
                 Ok(mut stats) => {
-                    if let Err(error) = inspect::add_unacked(
+                    if let Err(error) = views::add_unacked(
                         &mut stats,
                         &config.management_url,
                         &config.connection.amqp_url,
@@ -212,7 +212,7 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
         if let Ok(mut slot) = shared.overview.write() {
             *slot = overview;
         }
-        if !crate::service::pause(config.refresh, &shutdown).await {
+        if !chunkflow::broker::consumer::pause(config.refresh, &shutdown).await {
             break;
         }
     }

@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use super::ExecArgs;
-use crate::config::{parse_duration, parse_job_id, ConnectionArgs};
-use crate::inspect;
-use crate::jobs::exec::ExecRole;
-use crate::jobs::groupby::{BadRecordPolicy, InputFormat};
-use crate::jobs::JobRegistry;
-use crate::producer::{self, ProducerError, Submission, SubmitOptions};
-use crate::size::ByteSize;
-use crate::store::Store;
+use crate::args::ConnectionArgs;
+use crate::args::ExecArgs;
+use crate::views;
+use chunkflow::config::{parse_duration, ConnectionConfig};
+use chunkflow::job::JobId;
+use chunkflow::jobs::exec::ExecRole;
+use chunkflow::jobs::groupby::{BadRecordPolicy, InputFormat};
+use chunkflow::jobs::JobRegistry;
+use chunkflow::producer::{self, ProducerError, Submission, SubmitOptions};
+use chunkflow::size::ByteSize;
+use chunkflow::store::Store;
 
 /// Submit MapReduce jobs to chunkflow workers and reducers through RabbitMQ, follow them,
 /// and print their results from Redis.
@@ -132,10 +134,10 @@ struct ManagementArgs {
 }
 
 impl ManagementArgs {
-    fn url(&self, connection: &ConnectionArgs) -> String {
+    fn url(&self, connection: &ConnectionConfig) -> String {
         self.management_url
             .clone()
-            .or_else(|| crate::inspect::default_management_url(&connection.amqp_url))
+            .or_else(|| crate::views::default_management_url(&connection.amqp_url))
             .unwrap_or_else(|| "http://127.0.0.1:15672".to_string())
     }
 }
@@ -289,8 +291,8 @@ struct SubmitArgs {
     /// Use this job id instead of a generated one (letters, digits, `-`, `_`). If a running
     /// job with this id and the same settings exists, it is resumed: its chunks are
     /// published again (duplicates are harmless) and it is sealed.
-    #[arg(long, value_parser = parse_job_id)]
-    job_id: Option<String>,
+    #[arg(long)]
+    job_id: Option<JobId>,
 
     /// How long the job's result and status are kept in Redis after it ends (e.g. 24h, 7d).
     #[arg(long, env = "CHUNKFLOW_JOB_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -354,7 +356,7 @@ pub fn producer_main(registry: JobRegistry) -> ExitCode {
     }
 }
 
-async fn connect_store(connection: &ConnectionArgs) -> anyhow::Result<Store> {
+async fn connect_store(connection: &ConnectionConfig) -> anyhow::Result<Store> {
     Ok(Store::connect(
         &connection.redis_url,
         &connection.namespace,
@@ -364,6 +366,7 @@ async fn connect_store(connection: &ConnectionArgs) -> anyhow::Result<Store> {
 }
 
 async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
+    let connection = cli.connection.config();
     match cli.command {
         Command::Submit(args) if args.local => {
             let registry = registry.with_exec(cli.exec.settings(ExecRole::Local));
@@ -371,64 +374,64 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         }
         Command::Submit(args) => {
             let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
-            submit(&cli.connection, &registry, *args).await
+            submit(&connection, &registry, *args).await
         }
         Command::Status { job, json } => {
-            let store = connect_store(&cli.connection).await?;
+            let store = connect_store(&connection).await?;
             let status = producer::job_status(&store, &job).await?;
-            let mut redis = inspect::redis(&cli.connection)
+            let mut redis = views::redis(&connection)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let failures = inspect::failures(&mut redis, store.keys(), &job).await?;
-            let now = inspect::now();
+            let failures = views::failures(&mut redis, store.keys(), &job).await?;
+            let now = views::now();
             if json {
-                println!("{}", inspect::status_json(&status, &failures, now));
+                println!("{}", views::status_json(&status, &failures, now));
             } else {
-                print!("{}", inspect::status_text(&status, &failures, now));
+                print!("{}", views::status_text(&status, &failures, now));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {
-            let store = connect_store(&cli.connection).await?;
-            let jobs = inspect::jobs(&store).await?;
-            let now = inspect::now();
+            let store = connect_store(&connection).await?;
+            let jobs = views::jobs(&store).await?;
+            let now = views::now();
             if json {
                 let list: Vec<_> = jobs
                     .iter()
-                    .map(|status| inspect::job_summary_json(status, now))
+                    .map(|status| views::job_summary_json(status, now))
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
-                print!("{}", inspect::jobs_text(&jobs, now));
+                print!("{}", views::jobs_text(&jobs, now));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers { json } => {
-            let mut redis = inspect::redis(&cli.connection)
+            let mut redis = views::redis(&connection)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let keys = crate::keys::Keys::new(&cli.connection.namespace);
-            let records = crate::presence::list(&mut redis, &keys).await?;
+            let keys = chunkflow::store::keys::Keys::new(&connection.namespace);
+            let records = chunkflow::store::presence::list(&mut redis, &keys).await?;
             if json {
                 println!("{}", serde_json::to_string(&records)?);
             } else {
-                print!("{}", inspect::workers_text(&records, inspect::now()));
+                print!("{}", views::workers_text(&records, views::now()));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Queues { json, management } => {
-            let url = management.url(&cli.connection);
-            let report = inspect::queues(&cli.connection, &url).await?;
+            let url = management.url(&connection);
+            let report = views::queues(&connection, &url).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", inspect::queues_text(&report));
+                print!("{}", views::queues_text(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { job } => {
-            let store = connect_store(&cli.connection).await?;
-            producer::wait_for_job(&store, &job, true, Instant::now()).await?;
+            let store = connect_store(&connection).await?;
+            crate::watch::wait_for_job(&store, &job, true, Instant::now()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dashboard {
@@ -437,8 +440,8 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             management,
         } => {
             let config = crate::dashboard::DashboardConfig {
-                management_url: management.url(&cli.connection),
-                connection: cli.connection,
+                management_url: management.url(&connection),
+                connection,
                 listen,
                 refresh,
             };
@@ -469,9 +472,9 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Cancel { job } => {
-            let store = connect_store(&cli.connection).await?;
+            let store = connect_store(&connection).await?;
             let status = producer::cancel_job(&store, &job).await?;
-            eprintln!("{job}: {}", producer::progress_summary(&status));
+            eprintln!("{job}: {}", status.progress_summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
@@ -494,14 +497,19 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Result { job } => {
-            let store = connect_store(&cli.connection).await?;
+            let store = connect_store(&connection).await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
             let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
             let status = producer::write_result(&store, &registry, &job, &mut out).await?;
             out.flush()
                 .context("writing the result to standard output")?;
-            report_skipped(status.counters.get(crate::jobs::RECORDS_SKIPPED).copied());
+            report_skipped(
+                status
+                    .counters
+                    .get(chunkflow::jobs::RECORDS_SKIPPED)
+                    .copied(),
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -535,7 +543,7 @@ fn submit_local(registry: &JobRegistry, args: SubmitArgs) -> anyhow::Result<Exit
     let options = submit_options(&args)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let outcome = crate::local::run_local(registry, &options, args.threads, &mut out)?;
+    let outcome = chunkflow::local::run_local(registry, &options, args.threads, &mut out)?;
     out.flush()
         .context("writing the result to standard output")?;
     if !args.quiet {
@@ -552,12 +560,17 @@ fn submit_local(registry: &JobRegistry, args: SubmitArgs) -> anyhow::Result<Exit
             started.elapsed().as_secs_f64()
         );
     }
-    report_skipped(outcome.counters.get(crate::jobs::RECORDS_SKIPPED).copied());
+    report_skipped(
+        outcome
+            .counters
+            .get(chunkflow::jobs::RECORDS_SKIPPED)
+            .copied(),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn submit(
-    connection: &ConnectionArgs,
+    connection: &ConnectionConfig,
     registry: &JobRegistry,
     args: SubmitArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -569,7 +582,13 @@ async fn submit(
     let published = submission.publish(!args.quiet).await?;
     tracing::info!(chunks = published.chunks, bytes = published.bytes, elapsed = ?started.elapsed(), "published");
     if args.wait {
-        submission.wait(!args.quiet).await?;
+        crate::watch::wait_for_job(
+            submission.store(),
+            submission.job_id(),
+            !args.quiet,
+            submission.started(),
+        )
+        .await?;
     }
     Ok(ExitCode::SUCCESS)
 }

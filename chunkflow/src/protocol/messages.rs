@@ -14,7 +14,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_job_id;
+use crate::job::JobId;
 
 /// `type` property of a map task.
 pub const MAP_TASK_TYPE: &str = "chunkflow.map.v1";
@@ -24,7 +24,7 @@ pub const REDUCE_TASK_TYPE: &str = "chunkflow.reduce.v1";
 /// Metadata of one chunk; its bytes travel as the message body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapTask {
-    pub job_id: String,
+    pub job_id: JobId,
     pub chunk: u64,
     pub source: String,
     pub offset: u64,
@@ -35,7 +35,7 @@ pub struct MapTask {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReduceTask {
     #[serde(rename = "job")]
-    pub job_id: String,
+    pub job_id: JobId,
     pub partition: u32,
 }
 
@@ -106,8 +106,8 @@ impl MapTask {
             .headers()
             .as_ref()
             .ok_or(DecodeError::BadHeader("job"))?;
-        let job_id = header_string(headers, "job")?;
-        parse_job_id(&job_id).map_err(DecodeError::BadJobId)?;
+        let job_id = JobId::parse(&header_string(headers, "job")?)
+            .map_err(|e| DecodeError::BadJobId(e.to_string()))?;
         Ok(MapTask {
             job_id,
             chunk: header_u64(headers, "chunk")?,
@@ -144,10 +144,18 @@ impl ReduceTask {
 
     pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<ReduceTask, DecodeError> {
         check_type(properties, REDUCE_TASK_TYPE)?;
-        let task: ReduceTask =
+        #[derive(Deserialize)]
+        struct Wire {
+            job: String,
+            partition: u32,
+        }
+        let wire: Wire =
             serde_json::from_slice(body).map_err(|e| DecodeError::BadBody(e.to_string()))?;
-        parse_job_id(&task.job_id).map_err(DecodeError::BadJobId)?;
-        Ok(task)
+        let job_id = JobId::parse(&wire.job).map_err(|e| DecodeError::BadJobId(e.to_string()))?;
+        Ok(ReduceTask {
+            job_id,
+            partition: wire.partition,
+        })
     }
 }
 
@@ -201,7 +209,7 @@ mod tests {
     #[test]
     fn map_task_round_trips() {
         let task = MapTask {
-            job_id: "j-1".into(),
+            job_id: JobId::parse("j-1").unwrap(),
             chunk: 42,
             source: "dir/ü.txt".into(),
             offset: 1 << 40,
@@ -213,7 +221,7 @@ mod tests {
     #[test]
     fn reduce_task_round_trips() {
         let task = ReduceTask {
-            job_id: "j-1".into(),
+            job_id: JobId::parse("j-1").unwrap(),
             partition: 3,
         };
         assert_eq!(
@@ -234,7 +242,7 @@ mod tests {
             Err(DecodeError::BadHeader("job"))
         ));
         let mut bad_id = MapTask {
-            job_id: "x".into(),
+            job_id: JobId::parse("x").unwrap(),
             chunk: 0,
             source: "s".into(),
             offset: 0,
@@ -252,7 +260,7 @@ mod tests {
             Err(DecodeError::BadJobId(_))
         ));
         let reduce = ReduceTask {
-            job_id: "j".into(),
+            job_id: JobId::parse("j").unwrap(),
             partition: 0,
         };
         assert!(ReduceTask::decode(&reduce.properties(), b"{not json").is_err());

@@ -270,7 +270,7 @@ impl std::fmt::Debug for HttpUrl {
 
 impl HttpUrl {
     pub fn parse(url: &str) -> Result<HttpUrl, HttpError> {
-        let bad = || HttpError::BadUrl(crate::config::redact_url(url));
+        let bad = || HttpError::BadUrl(chunkflow::config::redact_url(url));
         let rest = url.strip_prefix("http://").ok_or_else(bad)?;
         let (authority, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash..]),

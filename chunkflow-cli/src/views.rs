@@ -15,13 +15,14 @@ use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::{redact_url, ConnectionArgs};
 use crate::http::{self, HttpUrl};
-use crate::keys::Keys;
-use crate::presence::ServiceRecord;
-use crate::size::human_bytes;
-use crate::store::{now_ms, JobState, JobStatus, Store, StoreError};
-use crate::topology::{self, Topology};
+use chunkflow::broker::topology::{self, Topology};
+use chunkflow::config::{redact_url, ConnectionConfig};
+use chunkflow::job::{now_ms, JobState, JobStatus};
+use chunkflow::size::human_bytes;
+use chunkflow::store::keys::Keys;
+use chunkflow::store::presence::ServiceRecord;
+use chunkflow::store::{Store, StoreError};
 
 /// Overall progress in [0, 1]: chunks committed and partitions reduced over their totals;
 /// `None` while the total number of chunks is not known yet (still publishing).
@@ -155,11 +156,63 @@ pub async fn partition_progress(
         .collect())
 }
 
-/// `producer status --json`: the fields of [`crate::producer::status_json`] plus
+/// The status as a JSON document (stable field names, documented in the README).
+pub fn basic_status_json(status: &JobStatus) -> serde_json::Value {
+    json!({
+        "job": status.spec.id,
+        "kind": status.spec.kind,
+        "state": status.state,
+        "chunks_committed": status.chunks_committed,
+        "chunks_total": status.total_chunks,
+        "partitions_reduced": status.partitions_reduced,
+        "partitions_total": status.spec.partitions,
+        "reason": status.reason,
+        "counters": status.counters,
+        "deliveries": status.stats,
+        "created_ms": status.created_ms,
+        "finished_ms": status.finished_ms,
+    })
+}
+
+/// The status for people.
+pub fn basic_status_text(status: &JobStatus) -> String {
+    let mut text = format!(
+        "job:        {}\nkind:       {}\nstate:      {}\n",
+        status.spec.id, status.spec.kind, status.state
+    );
+    let total = status.total_chunks.map_or_else(
+        || "? (producer still publishing)".to_string(),
+        |t| t.to_string(),
+    );
+    text.push_str(&format!(
+        "chunks:     {}/{} committed\npartitions: {}/{} reduced\n",
+        status.chunks_committed, total, status.partitions_reduced, status.spec.partitions
+    ));
+    for (name, value) in &status.counters {
+        text.push_str(&format!(
+            "{:<11} {value}\n",
+            format!("{}:", name.replace('_', " "))
+        ));
+    }
+    if !status.stats.is_empty() {
+        let stats: Vec<String> = status
+            .stats
+            .iter()
+            .map(|(name, value)| format!("{value} {name}"))
+            .collect();
+        text.push_str(&format!("deliveries: {}\n", stats.join(", ")));
+    }
+    if let Some(reason) = &status.reason {
+        text.push_str(&format!("reason:     {reason}\n"));
+    }
+    text
+}
+
+/// `producer status --json`: the fields of [`basic_status_json`] plus
 /// `progress`, `elapsed_seconds`, `throughput_bytes_per_second`, `eta_seconds` and
 /// `failures`.
 pub fn status_json(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Value {
-    let mut value = crate::producer::status_json(status);
+    let mut value = basic_status_json(status);
     if let Value::Object(map) = &mut value {
         map.insert("progress".into(), json!(progress(status)));
         map.insert(
@@ -178,7 +231,7 @@ pub fn status_json(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Val
 
 /// `producer status`: the basic status plus progress, throughput, time left and failures.
 pub fn status_text(status: &JobStatus, failures: &[Failure], now_ms: u64) -> String {
-    let mut text = crate::producer::status_text(status);
+    let mut text = basic_status_text(status);
     if let Some(done) = progress(status) {
         text.push_str(&format!("progress:   {:.1}%\n", done * 100.0));
     }
@@ -404,7 +457,7 @@ pub async fn add_unacked(
 
 /// Queue depths of the namespace, with unacked counts when the management API answers.
 pub async fn queues(
-    connection: &ConnectionArgs,
+    connection: &ConnectionConfig,
     management: &str,
 ) -> Result<QueuesReport, QueuesError> {
     let topology = Topology::new(&connection.namespace);
@@ -456,8 +509,8 @@ pub fn queues_text(report: &QueuesReport) -> String {
 }
 
 /// A Redis connection for the views (heartbeat records, failures, partitions).
-pub async fn redis(connection: &ConnectionArgs) -> Result<MultiplexedConnection, String> {
-    crate::presence::connect(&connection.redis_url, connection.redis_timeout).await
+pub async fn redis(connection: &ConnectionConfig) -> Result<MultiplexedConnection, String> {
+    chunkflow::store::presence::connect(&connection.redis_url, connection.redis_timeout).await
 }
 
 /// The current time, for callers that render several views at one instant.
@@ -468,13 +521,13 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::JobSpec;
+    use chunkflow::jobs::JobSpec;
 
     fn status(state: JobState, committed: u64, total: Option<u64>, reduced: u64) -> JobStatus {
         JobStatus {
             // Built from JSON so that fields added to the spec later keep this compiling.
             spec: serde_json::from_value::<JobSpec>(json!({
-                "version": crate::jobs::SPEC_VERSION, "id": "j", "kind": "wordcount",
+                "version": chunkflow::jobs::SPEC_VERSION, "id": "j", "kind": "wordcount",
                 "partitions": 4, "chunk_size": 1, "max_record_size": 1,
                 "created_ms": 1_000, "ttl_secs": 1,
             }))

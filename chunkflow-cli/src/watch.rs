@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::store::{JobState, JobStatus};
+use chunkflow::job::{JobSpec, JobState, JobStatus};
+use chunkflow::producer::ProducerError;
+use chunkflow::size::human_bytes;
+use chunkflow::store::Store;
 
 /// Shows a job's progress: call [`JobProgress::update`] with every status read, and
 /// [`JobProgress::line`] for the messages that plain output prints.
@@ -114,5 +117,68 @@ impl Drop for JobProgress {
                 bar.abandon();
             }
         }
+    }
+}
+
+/// Polls a job until it ends, printing progress lines to standard error.
+pub async fn wait_for_job(
+    store: &Store,
+    job: &str,
+    show_progress: bool,
+    started: Instant,
+) -> Result<JobStatus, ProducerError> {
+    let mut progress = JobProgress::new(show_progress);
+    let mut poll = Duration::from_millis(20);
+    let mut last_seen: Option<(JobSpec, JobState)> = None;
+    loop {
+        let status =
+            match chunkflow::producer::retry_transient("following the job", || store.status(job))
+                .await?
+            {
+                Some(status) => status,
+                None => {
+                    return Err(match last_seen {
+                        Some((spec, state)) => {
+                            chunkflow::producer::record_vanished(store, &spec, state).await;
+                            ProducerError::JobVanished {
+                                job: job.to_string(),
+                                state,
+                            }
+                        }
+                        None => ProducerError::NoSuchJob {
+                            job: job.to_string(),
+                            namespace: store.keys().namespace().to_string(),
+                        },
+                    })
+                }
+            };
+        last_seen = Some((status.spec.clone(), status.state));
+        let ended = status.state.is_final();
+        progress.update(&status);
+        progress.line(ended, || format!("{job}: {}", status.progress_summary()));
+        match status.state {
+            JobState::Succeeded => {
+                let secs = started.elapsed().as_secs_f64();
+                let bytes = status.counters.get("bytes_read").copied().unwrap_or(0);
+                progress.line(true, || {
+                    format!(
+                        "{job}: succeeded in {secs:.2}s ({}, {:.1} MiB/s)",
+                        human_bytes(bytes),
+                        bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
+                    )
+                });
+                return Ok(status);
+            }
+            JobState::Failed | JobState::Cancelled => {
+                return Err(ProducerError::JobEnded {
+                    job: job.to_string(),
+                    state: status.state,
+                    reason: status.reason.unwrap_or_else(|| "no reason recorded".into()),
+                })
+            }
+            JobState::Running | JobState::Reducing => {}
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_millis(50));
     }
 }

@@ -20,21 +20,15 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ConnectionArgs};
-use crate::publisher::Publisher;
-use crate::store::{Store, StoreError};
-use crate::topology::{self, Topology};
+use std::sync::Arc;
 
-/// What to do with a delivery once handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Done (committed, or a duplicate, or a task of an ended job): ack.
-    Ack,
-    /// Can never succeed (undecodable, unknown job): reject to the dead-letter queue.
-    DeadLetter(String),
-    /// May succeed later (Redis unreachable): requeue after a pause.
-    Retry(String),
-}
+use crate::broker::publisher::Publisher;
+use crate::broker::topology::{self, Topology};
+use crate::config::{redact_url, ConnectionConfig};
+use crate::health::ServiceHealth;
+use crate::metrics::Settlement;
+use crate::protocol::Disposition;
+use crate::store::{Store, StoreError};
 
 /// A delivery as handlers see it.
 #[derive(Debug)]
@@ -66,6 +60,8 @@ pub struct ConsumerSettings {
     pub retry_pause: Duration,
     /// After SIGTERM, how long the task in hand may run before it is given back.
     pub grace_period: Duration,
+    /// The service's health, written here and read by its monitor.
+    pub health: Arc<ServiceHealth>,
 }
 
 /// Why a service stopped for good.
@@ -89,7 +85,7 @@ pub async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
 
 /// Connects to Redis, retrying with backoff until it answers or shutdown.
 pub async fn connect_store(
-    args: &ConnectionArgs,
+    args: &ConnectionConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, ServiceError> {
     let mut backoff = Duration::from_millis(250);
@@ -111,7 +107,7 @@ pub async fn connect_store(
 /// Runs one consume loop per handler, concurrently (each with its own channel and
 /// prefetch), until shutdown. One handler is one task in progress at a time.
 pub async fn run_consumers<H>(
-    args: &ConnectionArgs,
+    args: &ConnectionConfig,
     settings: &ConsumerSettings,
     handlers: Vec<H>,
     shutdown: &CancellationToken,
@@ -143,7 +139,7 @@ where
 
 /// Consumes `settings.queue` with `handler` until shutdown, reconnecting as needed.
 pub async fn run_consumer<H: TaskHandler>(
-    args: &ConnectionArgs,
+    args: &ConnectionConfig,
     settings: &ConsumerSettings,
     handler: &mut H,
     shutdown: &CancellationToken,
@@ -160,6 +156,7 @@ pub async fn run_consumer<H: TaskHandler>(
         let mut connected = false;
         let ended = session(args, settings, &topology, handler, shutdown, &mut connected).await;
         crate::metrics::broker_connected(settings.role, false);
+        settings.health.set_broker_connected(false);
         match ended {
             Ok(()) => break,
             Err(error) => {
@@ -211,8 +208,32 @@ async fn grace_expired(shutdown: &CancellationToken, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
+/// Names a delivery as the service's task in hand while it lives.
+struct CurrentTask<'a>(&'a ServiceHealth);
+
+impl<'a> CurrentTask<'a> {
+    fn new(health: &'a ServiceHealth, task: Option<&str>) -> Self {
+        health.set_current_task(task);
+        CurrentTask(health)
+    }
+}
+
+impl Drop for CurrentTask<'_> {
+    fn drop(&mut self) {
+        self.0.set_current_task(None);
+    }
+}
+
+fn settlement_of(disposition: &Disposition) -> Settlement {
+    match disposition {
+        Disposition::Ack => Settlement::Ack,
+        Disposition::DeadLetter(_) => Settlement::DeadLetter,
+        Disposition::Retry(_) => Settlement::Retry,
+    }
+}
+
 async fn session<H: TaskHandler>(
-    args: &ConnectionArgs,
+    args: &ConnectionConfig,
     settings: &ConsumerSettings,
     topology: &Topology,
     handler: &mut H,
@@ -237,6 +258,7 @@ async fn session<H: TaskHandler>(
         .await?;
     *connected = true;
     crate::metrics::broker_connected(settings.role, true);
+    settings.health.set_broker_connected(true);
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
     loop {
         let next = tokio::select! {
@@ -257,17 +279,19 @@ async fn session<H: TaskHandler>(
             Some(None) => return Err(SessionError::ConsumerEnded),
             Some(Some(delivery)) => delivery?,
         };
-        let _in_flight = crate::metrics::task_started(
-            settings.role,
+        let _in_flight = crate::metrics::task_started(settings.role, delivery.redelivered);
+        let _current = CurrentTask::new(
+            &settings.health,
             delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|id| id.as_str()),
-            delivery.redelivered,
         );
         let task = Task {
-            previous_deliveries: crate::messages::previous_deliveries(&delivery.properties),
+            previous_deliveries: crate::protocol::messages::previous_deliveries(
+                &delivery.properties,
+            ),
             properties: delivery.properties,
             body: delivery.data,
             redelivered: delivery.redelivered,
@@ -284,7 +308,10 @@ async fn session<H: TaskHandler>(
                 return Ok(());
             }
         };
-        crate::metrics::task_settled(settings.role, &disposition);
+        crate::metrics::task_settled(settings.role, settlement_of(&disposition));
+        if disposition == Disposition::Ack {
+            settings.health.task_done();
+        }
         let acker = delivery.acker;
         if let Disposition::Retry(reason) = &disposition {
             tracing::warn!(reason = %reason, pause = ?settings.retry_pause, "requeueing task");

@@ -22,56 +22,13 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Script};
 use deadpool_redis::{Manager, Pool, Runtime};
 
+pub mod keys;
+pub mod presence;
+
 use crate::config::redact_url;
-use crate::jobs::{JobSpec, MapOutput, ReduceOutput};
-use crate::keys::{JobKeys, Keys};
-
-/// The lifecycle of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Running,
-    Reducing,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "running",
-            JobState::Reducing => "reducing",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<JobState> {
-        Some(match text {
-            "running" => JobState::Running,
-            "reducing" => JobState::Reducing,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            "cancelled" => JobState::Cancelled,
-            _ => return None,
-        })
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
-    }
-}
-
-impl std::fmt::Display for JobState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::job::{now_ms, JobSpec, JobState, JobStatus};
+use crate::jobs::{MapOutput, ReduceOutput};
+use keys::{JobKeys, Keys};
 
 /// A failure talking to Redis or a job record that makes no sense.
 #[derive(Debug, thiserror::Error)]
@@ -164,22 +121,6 @@ pub enum LeaseOutcome {
     /// Another reducer holds it for this much longer.
     Busy(Duration),
     Missing,
-}
-
-/// A job as `producer status` shows it.
-#[derive(Debug, Clone)]
-pub struct JobStatus {
-    pub spec: JobSpec,
-    pub state: JobState,
-    pub total_chunks: Option<u64>,
-    pub chunks_committed: u64,
-    pub partitions_reduced: u64,
-    pub reason: Option<String>,
-    pub counters: BTreeMap<String, u64>,
-    /// Deliveries, redeliveries and duplicates seen by workers (observability).
-    pub stats: BTreeMap<String, u64>,
-    pub created_ms: u64,
-    pub finished_ms: Option<u64>,
 }
 
 // Scripts start with a shebang so Redis 7 treats them as strict: every key is declared in
@@ -393,14 +334,6 @@ return 0
     )
 });
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Access to one namespace's job state in Redis.
 #[derive(Clone)]
 pub struct Store {
@@ -529,7 +462,7 @@ impl Store {
     pub async fn create_job(&self, spec: &JobSpec) -> Result<(), StoreError> {
         let job = self.keys.job(&spec.id);
         let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            job: spec.id.clone(),
+            job: spec.id.to_string(),
             what: e.to_string(),
         })?;
         let mut invocation = CREATE_JOB.prepare_invoke();
@@ -541,13 +474,13 @@ impl Store {
         let mut conn = self.conn().await?;
         let created: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
         if Self::finish(conn, created)? == 0 {
-            return Err(StoreError::JobExists(spec.id.clone()));
+            return Err(StoreError::JobExists(spec.id.to_string()));
         }
         let mut conn = self.conn().await?;
         let indexed: RedisResult<i64> = redis::cmd("ZADD")
             .arg(self.keys.jobs_index())
             .arg(spec.created_ms)
-            .arg(&spec.id)
+            .arg(spec.id.as_str())
             .query_async(&mut *conn)
             .await;
         Self::finish(conn, indexed)?;
@@ -618,7 +551,7 @@ impl Store {
             "lost" => CommitOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
             other => {
                 return Err(StoreError::Corrupt {
-                    job: spec.id.clone(),
+                    job: spec.id.to_string(),
                     what: format!("unexpected commit reply `{other}`"),
                 })
             }
@@ -765,7 +698,7 @@ impl Store {
             }
             other => {
                 return Err(StoreError::Corrupt {
-                    job: spec.id.clone(),
+                    job: spec.id.to_string(),
                     what: format!("unexpected reduce reply `{other}`"),
                 })
             }
@@ -781,7 +714,7 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            job: spec.id.clone(),
+            job: spec.id.to_string(),
             what: e.to_string(),
         })?;
         let mut invocation = TOMBSTONE.prepare_invoke();

@@ -1,107 +1,59 @@
 //! What a running worker or reducer shows the outside: `/metrics` (Prometheus text),
 //! `/healthz` (the process is alive), `/readyz` (connected to the broker and to Redis),
-//! and its heartbeat record in Redis (see [`crate::presence`]).
+//! and its heartbeat record in Redis (see [`chunkflow::store::presence`]).
 //!
-//! The consume loop reports into one process-wide [`ServiceState`] through the hooks in
-//! [`crate::metrics`]; this module only reads it. The HTTP endpoints and the heartbeat run
+//! The service hands its monitor its [`ServiceHealth`]; this module only reads it (and
+//! notes when Redis answered a heartbeat). The process's Prometheus recorder is installed
+//! here, once: the library's metric hooks write to it. The HTTP endpoints and the heartbeat run
 //! as their own tasks and never touch a delivery, so they cannot slow or break the pipeline:
 //! if Redis or the port is unavailable, the service still works, and says so in its log.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chunkflow::config::ConnectionConfig;
+use chunkflow::health::ServiceHealth;
+use chunkflow::job::now_ms;
+use chunkflow::store::keys::Keys;
+use chunkflow::store::presence::{self, ServiceRecord};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{parse_duration, ConnectionArgs};
+use crate::args::MonitorArgs;
 use crate::http::{self, Request, Response};
-use crate::keys::Keys;
-use crate::presence::{self, ServiceRecord};
-use crate::store::now_ms;
 
-/// Flags of the monitoring endpoints and the heartbeat (flattened into worker and reducer).
-#[derive(Debug, Clone, clap::Args)]
-pub struct MonitorArgs {
-    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
-    /// 0.0.0.0:9090 (port 0 picks a free port; the heartbeat record shows which). Not
-    /// served when unset.
-    #[arg(long, env = "CHUNKFLOW_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-    /// Time to live of this process's heartbeat record in Redis (renewed every third of
-    /// it): a process that dies vanishes from `producer workers` after this long.
-    #[arg(long, env = "CHUNKFLOW_HEARTBEAT_TTL", default_value = "15s", value_parser = parse_duration)]
-    pub heartbeat_ttl: Duration,
+/// Installs the process-wide Prometheus recorder (once) and registers every metric of
+/// `role` at zero.
+pub fn install_metrics(role: &'static str) {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_duration_seconds".into()),
+                chunkflow::metrics::BUCKETS,
+            )
+            .ok()?;
+        match builder.install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(error = %error, "metrics recorder not installed");
+                None
+            }
+        }
+    });
+    chunkflow::metrics::register(role);
 }
 
-/// What the consume loop reports about itself.
-pub struct ServiceState {
-    broker_connected: AtomicBool,
-    /// When the last heartbeat reached Redis (ms since the epoch; 0: never).
-    redis_ok_ms: AtomicU64,
-    tasks_done: AtomicU64,
-    current_task: Mutex<Option<String>>,
-}
-
-static STATE: ServiceState = ServiceState {
-    broker_connected: AtomicBool::new(false),
-    redis_ok_ms: AtomicU64::new(0),
-    tasks_done: AtomicU64::new(0),
-    current_task: Mutex::new(None),
-};
-
-/// The process's state.
-pub fn state() -> &'static ServiceState {
-    &STATE
-}
-
-impl ServiceState {
-    pub fn set_current_task(&self, task: Option<&str>) {
-        if let Ok(mut current) = self.current_task.lock() {
-            *current = task.map(str::to_string);
+/// The Prometheus text exposition of every metric (empty if no recorder is installed).
+pub fn render_metrics() -> String {
+    match HANDLE.get() {
+        Some(Some(handle)) => {
+            handle.run_upkeep();
+            handle.render()
         }
-    }
-
-    pub fn current_task(&self) -> Option<String> {
-        self.current_task.lock().ok().and_then(|c| c.clone())
-    }
-
-    pub fn task_done(&self) {
-        self.tasks_done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn tasks_done(&self) -> u64 {
-        self.tasks_done.load(Ordering::Relaxed)
-    }
-
-    pub fn set_broker_connected(&self, connected: bool) {
-        self.broker_connected.store(connected, Ordering::Relaxed);
-    }
-
-    pub fn broker_connected(&self) -> bool {
-        self.broker_connected.load(Ordering::Relaxed)
-    }
-
-    fn redis_ok(&self, within: Duration) -> bool {
-        let last = self.redis_ok_ms.load(Ordering::Relaxed);
-        last > 0 && now_ms().saturating_sub(last) <= within.as_millis() as u64
-    }
-
-    /// `Ok` when ready, otherwise why not.
-    pub fn readiness(&self, redis_within: Duration) -> Result<(), String> {
-        let mut missing = Vec::new();
-        if !self.broker_connected() {
-            missing.push("not consuming from RabbitMQ");
-        }
-        if !self.redis_ok(redis_within) {
-            missing.push("Redis did not answer the last heartbeat");
-        }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(missing.join("; "))
-        }
+        _ => String::new(),
     }
 }
 
@@ -130,10 +82,11 @@ impl Monitor {
 /// Fails only if the metrics address cannot be bound (a misconfiguration to report).
 pub async fn start(
     args: &MonitorArgs,
-    connection: &ConnectionArgs,
+    connection: &ConnectionConfig,
     role: &'static str,
+    health: Arc<ServiceHealth>,
 ) -> std::io::Result<Monitor> {
-    crate::metrics::install(role);
+    install_metrics(role);
     let ttl = args.heartbeat_ttl.max(Duration::from_millis(300));
     let stop = CancellationToken::new();
     let (server, metrics_addr) = match &args.metrics_addr {
@@ -143,9 +96,10 @@ pub async fn start(
             })?;
             let bound = http::local_addr(&listener);
             tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            let health = health.clone();
             let server = tokio::spawn(http::serve(
                 listener,
-                move |request| endpoint(request, ttl),
+                move |request| endpoint(request, ttl, health.clone()),
                 stop.clone(),
             ));
             (Some(server), Some(bound))
@@ -165,7 +119,13 @@ pub async fn start(
         last_seen_ms: 0,
         metrics_addr: metrics_addr.clone(),
     };
-    let heartbeat = tokio::spawn(run_heartbeat(connection.clone(), record, ttl, stop.clone()));
+    let heartbeat = tokio::spawn(run_heartbeat(
+        connection.clone(),
+        record,
+        ttl,
+        health,
+        stop.clone(),
+    ));
     Ok(Monitor {
         stop,
         heartbeat,
@@ -174,15 +134,15 @@ pub async fn start(
     })
 }
 
-async fn endpoint(request: Request, ttl: Duration) -> Response {
+async fn endpoint(request: Request, ttl: Duration, health: Arc<ServiceHealth>) -> Response {
     match request.path.as_str() {
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(),
+            render_metrics(),
         ),
         "/healthz" => Response::text(200, "ok\n"),
-        "/readyz" => match state().readiness(ttl) {
+        "/readyz" => match health.readiness(ttl) {
             Ok(()) => Response::text(200, "ready\n"),
             Err(why) => Response::text(503, format!("not ready: {why}\n")),
         },
@@ -191,9 +151,10 @@ async fn endpoint(request: Request, ttl: Duration) -> Response {
 }
 
 async fn run_heartbeat(
-    connection: ConnectionArgs,
+    connection: ConnectionConfig,
     mut record: ServiceRecord,
     ttl: Duration,
+    health: Arc<ServiceHealth>,
     stop: CancellationToken,
 ) {
     let keys = Keys::new(&connection.namespace);
@@ -212,12 +173,12 @@ async fn run_heartbeat(
             }
         }
         if let Some(open) = conn.as_mut() {
-            record.current_task = state().current_task();
-            record.tasks_done = state().tasks_done();
+            record.current_task = health.current_task();
+            record.tasks_done = health.tasks_done();
             record.last_seen_ms = now_ms();
             match presence::beat(open, &keys, &record, ttl).await {
                 Ok(()) => {
-                    state().redis_ok_ms.store(now_ms(), Ordering::Relaxed);
+                    health.redis_answered();
                     warned = false;
                 }
                 Err(error) => {
@@ -229,7 +190,7 @@ async fn run_heartbeat(
                 }
             }
         }
-        if !crate::service::pause(ttl / 3, &stop).await {
+        if !chunkflow::broker::consumer::pause(ttl / 3, &stop).await {
             break;
         }
     }

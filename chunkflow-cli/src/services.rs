@@ -1,59 +1,22 @@
-//! The command lines of the three binaries, as library functions: [`producer_main`],
-//! [`worker_main`] and [`reducer_main`] parse the process's arguments, start tracing and
-//! signal handling, and run over the [`JobRegistry`] they are given.
+//! The `worker` and `reducer` command lines: [`worker_main`] and [`reducer_main`] parse the
+//! process's arguments, start tracing and signal handling, run the service over the
+//! [`JobRegistry`] they are given with its monitor beside it, and map the outcome to an exit
+//! code.
 //!
 //! The stock binaries are one line each over [`JobRegistry::stock`]; a user with custom
-//! jobs builds their own three binaries the same way over a registry with their jobs
-//! registered (`examples/custom-job`). The flags are the same everywhere.
+//! jobs builds their own binaries the same way (`examples/custom-job`).
 
-mod producer;
-
-use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chunkflow::config::{parse_duration, ConnectionConfig};
+use chunkflow::health::ServiceHealth;
+use chunkflow::jobs::exec::ExecRole;
+use chunkflow::jobs::JobRegistry;
 use clap::Parser;
 
-use crate::config::{parse_duration, ConnectionArgs};
-use crate::jobs::exec::{ExecRole, ExecSettings, Program};
-use crate::jobs::JobRegistry;
-use crate::size::ByteSize;
-
-pub use producer::producer_main;
-
-/// Flags of the `exec` job, shared by every binary.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ExecArgs {
-    /// Allow the `exec` job to run PROGRAM with ARGS under NAME (repeatable; the
-    /// environment twin separates entries with `;`). Tasks name a NAME, never a command.
-    /// Arguments are split at spaces, without shell quoting.
-    #[arg(long = "allow-exec", value_name = "NAME=PROGRAM [ARGS]", env = "CHUNKFLOW_ALLOW_EXEC", value_delimiter = ';', value_parser = Program::parse)]
-    pub allow_exec: Vec<Program>,
-
-    /// Time limit of one run of an exec mapper or reducer (e.g. 30s, 10m).
-    #[arg(long, env = "CHUNKFLOW_EXEC_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
-    pub exec_timeout: Duration,
-
-    /// Largest standard output of one run of an exec mapper or reducer.
-    #[arg(long, env = "CHUNKFLOW_EXEC_MAX_OUTPUT", default_value = "1GiB")]
-    pub exec_max_output: ByteSize,
-}
-
-impl ExecArgs {
-    /// The settings of a process in `role`.
-    pub fn settings(&self, role: ExecRole) -> ExecSettings {
-        ExecSettings {
-            allowed: self
-                .allow_exec
-                .iter()
-                .map(|p| (p.name.clone(), p.clone()))
-                .collect::<BTreeMap<_, _>>(),
-            role,
-            timeout: self.exec_timeout,
-            max_output: self.exec_max_output.bytes(),
-        }
-    }
-}
+use crate::args::{ConnectionArgs, ExecArgs, MonitorArgs};
 
 /// Consume map tasks: map and combine each chunk, commit its output to every partition in
 /// Redis in one atomic step, then ack. Run as many as you like; stop with SIGTERM or SIGINT
@@ -65,7 +28,7 @@ struct WorkerCli {
     connection: ConnectionArgs,
 
     #[command(flatten)]
-    monitor: crate::monitor::MonitorArgs,
+    monitor: MonitorArgs,
 
     #[command(flatten)]
     log: crate::telemetry::LogArgs,
@@ -82,7 +45,7 @@ struct WorkerCli {
     /// Deliveries of one chunk (panics, or a worker dying on it) before its job is failed
     /// and the chunk dead-lettered (1 to 19).
     #[arg(long, env = "CHUNKFLOW_MAX_ATTEMPTS", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=crate::worker::MAX_ATTEMPTS_LIMIT as i64))]
+          value_parser = clap::value_parser!(u32).range(1..=chunkflow::worker::MAX_ATTEMPTS_LIMIT as i64))]
     max_attempts: u32,
 
     /// After SIGTERM, how long the chunk in hand may take before it is given back to the
@@ -104,7 +67,7 @@ struct ReducerCli {
     connection: ConnectionArgs,
 
     #[command(flatten)]
-    monitor: crate::monitor::MonitorArgs,
+    monitor: MonitorArgs,
 
     #[command(flatten)]
     log: crate::telemetry::LogArgs,
@@ -149,13 +112,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// gets the shutdown token; maps the outcome to an exit code.
 fn run_service<F, Fut>(
     role: &'static str,
-    monitor_args: &crate::monitor::MonitorArgs,
-    connection: &ConnectionArgs,
+    monitor_args: &MonitorArgs,
+    connection: &ConnectionConfig,
+    health: Arc<ServiceHealth>,
     run: F,
 ) -> ExitCode
 where
-    F: FnOnce(crate::shutdown::CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), crate::service::ServiceError>>,
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), chunkflow::broker::consumer::ServiceError>>,
 {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -163,7 +127,7 @@ where
     };
     runtime.block_on(async {
         let shutdown = crate::shutdown::on_signals();
-        let monitor = match crate::monitor::start(monitor_args, connection, role).await {
+        let monitor = match crate::monitor::start(monitor_args, connection, role, health).await {
             Ok(monitor) => monitor,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -187,17 +151,19 @@ where
 pub fn worker_main(registry: JobRegistry) -> ExitCode {
     let cli = WorkerCli::parse();
     crate::telemetry::init_with("info", cli.log.log_format);
-    let connection = cli.connection.clone();
-    let config = crate::worker::WorkerConfig {
-        connection: cli.connection,
+    let connection = cli.connection.config();
+    let health = Arc::new(ServiceHealth::new());
+    let config = chunkflow::worker::WorkerConfig {
+        connection: connection.clone(),
+        health: health.clone(),
         prefetch: cli.prefetch,
         concurrency: usize::from(cli.concurrency),
         max_attempts: cli.max_attempts,
         grace_period: cli.grace_period,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Map)),
     };
-    run_service("worker", &cli.monitor, &connection, |shutdown| {
-        crate::worker::run(config, shutdown)
+    run_service("worker", &cli.monitor, &connection, health, |shutdown| {
+        chunkflow::worker::run(config, shutdown)
     })
 }
 
@@ -205,9 +171,11 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
 pub fn reducer_main(registry: JobRegistry) -> ExitCode {
     let cli = ReducerCli::parse();
     crate::telemetry::init_with("info", cli.log.log_format);
-    let connection = cli.connection.clone();
-    let config = crate::reducer::ReducerConfig {
-        connection: cli.connection,
+    let connection = cli.connection.config();
+    let health = Arc::new(ServiceHealth::new());
+    let config = chunkflow::reducer::ReducerConfig {
+        connection: connection.clone(),
+        health: health.clone(),
         prefetch: cli.prefetch,
         concurrency: usize::from(cli.concurrency),
         lease: cli.lease.max(Duration::from_millis(300)),
@@ -215,7 +183,7 @@ pub fn reducer_main(registry: JobRegistry) -> ExitCode {
         producer_timeout: cli.producer_timeout,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Reduce)),
     };
-    run_service("reducer", &cli.monitor, &connection, |shutdown| {
-        crate::reducer::run(config, shutdown)
+    run_service("reducer", &cli.monitor, &connection, health, |shutdown| {
+        chunkflow::reducer::run(config, shutdown)
     })
 }

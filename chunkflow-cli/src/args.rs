@@ -1,0 +1,111 @@
+//! Flags shared by every binary, each with its environment twin and a doc comment that is
+//! its `--help` text: where the broker and Redis are ([`ConnectionArgs`]), what the `exec`
+//! job may run ([`ExecArgs`]), and how a service shows itself ([`MonitorArgs`]). Each turns
+//! into the library's plain settings; nothing below this crate parses a command line.
+//!
+//! Passwords in URLs are never printed: `--help` hides env values and shows the default
+//! redacted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chunkflow::config::{
+    parse_duration, parse_namespace, redact_url, ConnectionConfig, DEFAULT_AMQP_URL,
+    DEFAULT_NAMESPACE, DEFAULT_REDIS_URL,
+};
+use chunkflow::jobs::exec::{ExecRole, ExecSettings, Program};
+use chunkflow::size::ByteSize;
+
+/// Where the broker and Redis are, and which namespace of them this deployment uses.
+#[derive(clap::Args, Clone)]
+pub struct ConnectionArgs {
+    /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// Redis URL [default: redis://127.0.0.1:6379/0]
+    #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_default_value = true, hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Prefix of every queue name and Redis key: deployments (and tests) with different
+    /// namespaces share one broker and one Redis without touching each other.
+    /// Letters, digits, `-` and `_`.
+    #[arg(long, global = true, env = "CHUNKFLOW_NAMESPACE", default_value = DEFAULT_NAMESPACE, value_parser = parse_namespace)]
+    pub namespace: String,
+
+    /// How long to wait for one Redis reply before giving up (e.g. 500ms, 30s).
+    #[arg(long, global = true, env = "CHUNKFLOW_REDIS_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
+}
+
+impl ConnectionArgs {
+    /// The library's connection settings.
+    pub fn config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            amqp_url: self.amqp_url.clone(),
+            redis_url: self.redis_url.clone(),
+            namespace: self.namespace.clone(),
+            redis_timeout: self.redis_timeout,
+        }
+    }
+}
+
+/// Flags of the `exec` job, shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// Allow the `exec` job to run PROGRAM with ARGS under NAME (repeatable; the
+    /// environment twin separates entries with `;`). Tasks name a NAME, never a command.
+    /// Arguments are split at spaces, without shell quoting.
+    #[arg(long = "allow-exec", value_name = "NAME=PROGRAM [ARGS]", env = "CHUNKFLOW_ALLOW_EXEC", value_delimiter = ';', value_parser = Program::parse)]
+    pub allow_exec: Vec<Program>,
+
+    /// Time limit of one run of an exec mapper or reducer (e.g. 30s, 10m).
+    #[arg(long, env = "CHUNKFLOW_EXEC_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub exec_timeout: Duration,
+
+    /// Largest standard output of one run of an exec mapper or reducer.
+    #[arg(long, env = "CHUNKFLOW_EXEC_MAX_OUTPUT", default_value = "1GiB")]
+    pub exec_max_output: ByteSize,
+}
+
+impl ExecArgs {
+    /// The settings of a process in `role`.
+    pub fn settings(&self, role: ExecRole) -> ExecSettings {
+        ExecSettings {
+            allowed: self
+                .allow_exec
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            role,
+            timeout: self.exec_timeout,
+            max_output: self.exec_max_output.bytes(),
+        }
+    }
+}
+
+/// Flags of the monitoring endpoints and the heartbeat (flattened into worker and reducer).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+    /// 0.0.0.0:9090 (port 0 picks a free port; the heartbeat record shows which). Not
+    /// served when unset.
+    #[arg(long, env = "CHUNKFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Time to live of this process's heartbeat record in Redis (renewed every third of
+    /// it): a process that dies vanishes from `producer workers` after this long.
+    #[arg(long, env = "CHUNKFLOW_HEARTBEAT_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
+}
