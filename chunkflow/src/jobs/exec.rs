@@ -11,9 +11,11 @@
 //!   a key's lines are adjacent, and writes result lines. Without a reducer the mapper's
 //!   lines, sorted, are the result.
 //! - Each run has a time limit, a cap on its standard output, a cleared environment
-//!   (only `PATH=/usr/local/bin:/usr/bin:/bin`), its own process group (killed whole on a
-//!   timeout); a non-zero exit, a signal, a timeout or too much output fails the job with
-//!   the end of the program's standard error.
+//!   (only `PATH=/usr/local/bin:/usr/bin:/bin`), its own process group, and a deadline on
+//!   its exit and on the end of its output: at the deadline its group is killed, and so is
+//!   any process it left behind that still holds its pipes (a `setsid` grandchild), so no
+//!   worker waits past `--exec-timeout`. A non-zero exit, a signal, a timeout or too much
+//!   output fails the job with the end of the program's standard error.
 //!
 //! Where names are checked: a worker needs the mapper's name, a reducer the reducer's; a
 //! missing one fails the job naming it. The producer checks both when it was given an
@@ -23,6 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -199,7 +203,63 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// The inode of the pipe behind one of our ends of it (`None` off Linux).
+fn pipe_inode(end: &impl AsRawFd) -> Option<u64> {
+    std::fs::metadata(format!("/proc/self/fd/{}", end.as_raw_fd()))
+        .ok()
+        .map(|meta| meta.ino())
+}
+
+/// Kills every process but this one that holds one of `pipes` open: what a program left
+/// behind outside its process group (a `setsid` or double-forked grandchild) and that would
+/// otherwise keep its output open, and this worker waiting, forever. Returns how many.
+fn kill_pipe_holders(pipes: &[u64]) -> usize {
+    let me = std::process::id();
+    let names: Vec<String> = pipes
+        .iter()
+        .map(|inode| format!("pipe:[{inode}]"))
+        .collect();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || pid as u32 == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| names.iter().any(|name| target.as_os_str() == name.as_str()))
+        });
+        if let Some(pid) = holds.then(|| rustix::process::Pid::from_raw(pid)).flatten() {
+            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// How long the pipe readers may take to see end-of-file once every holder was killed.
+const PIPES_CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
 /// Runs `program` with `input` on standard input; its standard output on success.
+///
+/// The program runs in a box it cannot leave: its own process group, and a deadline on
+/// everything — its exit, and the end of its output. At the deadline (or when it writes
+/// more than `max_output`) its group is killed, and so is every other process that still
+/// holds one of its pipes (a grandchild that escaped the group with `setsid`), so the
+/// pipes close and nothing here waits past the deadline.
 pub fn run_program(
     role: &str,
     program: &Program,
@@ -227,62 +287,86 @@ pub fn run_program(
         let _ = child.wait();
         return Err(JobError::new(format!("{what}: no pipes to the program")));
     };
-    let too_much = Arc::new(AtomicBool::new(false));
-    let output = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            // A program may exit without reading all of its input: not an error here.
-            let _ = stdin.write_all(input);
-        });
-        let errors = scope.spawn(move || {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * STDERR_KEPT {
-                    kept.drain(..kept.len() - STDERR_KEPT);
-                }
-            }
-            kept
-        });
-        let flag = too_much.clone();
-        let out = scope.spawn(move || {
-            let mut out = Vec::new();
-            let limited = (&mut stdout).take(max_output + 1).read_to_end(&mut out);
-            if out.len() as u64 > max_output {
-                flag.store(true, Ordering::SeqCst);
-                kill_group(pid);
-            }
-            limited.map(|_| out)
-        });
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(1);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    kill_group(pid);
-                    let _ = child.wait();
-                    break Err(format!("did not finish within {timeout:?} and was killed"));
-                }
-                Ok(None) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    kill_group(pid);
-                    let _ = child.wait();
-                    break Err(format!("could not be waited for: {e}"));
-                }
-            }
-        };
-        let stderr = errors.join().unwrap_or_default();
-        let stdout = out.join();
-        (status, stdout, stderr)
+    let pipes: Vec<u64> = [pipe_inode(&stdin), pipe_inode(&stdout), pipe_inode(&stderr)]
+        .into_iter()
+        .flatten()
+        .collect();
+    // Plain threads owning their pipe, not scoped ones: if a pipe never closes (a holder
+    // that could not be killed), the thread is abandoned instead of blocking this call.
+    let input = input.to_vec();
+    std::thread::spawn(move || {
+        // A program may exit without reading all of its input: not an error here.
+        let _ = stdin.write_all(&input);
     });
-    let (status, stdout, stderr) = output;
+    let errors = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > 2 * STDERR_KEPT {
+                kept.drain(..kept.len() - STDERR_KEPT);
+            }
+        }
+        kept
+    });
+    let too_much = Arc::new(AtomicBool::new(false));
+    let flag = too_much.clone();
+    let out = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let limited = (&mut stdout).take(max_output + 1).read_to_end(&mut out);
+        if out.len() as u64 > max_output {
+            flag.store(true, Ordering::SeqCst);
+            kill_group(pid);
+        }
+        limited.map(|_| out)
+    });
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let mut exited = None;
+    let outcome: Result<(), String> = loop {
+        if exited.is_none() {
+            match child.try_wait() {
+                Ok(Some(status)) => exited = Some(status),
+                Ok(None) => {}
+                Err(e) => break Err(format!("could not be waited for: {e}")),
+            }
+        }
+        let output_closed = out.is_finished() && errors.is_finished();
+        if too_much.load(Ordering::SeqCst) || (exited.is_some() && output_closed) {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err(match exited {
+                None => format!("did not finish within {timeout:?} and was killed"),
+                Some(_) => format!(
+                    "exited, but a process it started kept its output open past the \
+                     {timeout:?} limit; every process holding it was killed"
+                ),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    if outcome.is_err() || too_much.load(Ordering::SeqCst) {
+        kill_group(pid);
+        kill_pipe_holders(&pipes);
+    }
+    let status = match exited {
+        Some(status) => Ok(status),
+        None => child.wait(),
+    };
+    let pipes_deadline = Instant::now() + PIPES_CLOSE_WITHIN;
+    while !(out.is_finished() && errors.is_finished()) && Instant::now() < pipes_deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stderr = if errors.is_finished() {
+        errors.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let stderr_text = {
         let text = String::from_utf8_lossy(&stderr);
         let text = text.trim_end();
@@ -297,20 +381,31 @@ pub fn run_program(
             "{what} wrote more than {max_output} bytes of output and was killed; {stderr_text}"
         )));
     }
-    let status = status.map_err(|e| JobError::new(format!("{what} {e}; {stderr_text}")))?;
+    if let Err(why) = outcome {
+        return Err(JobError::new(format!("{what} {why}; {stderr_text}")));
+    }
+    let status = status.map_err(|e| {
+        JobError::new(format!(
+            "{what} could not be waited for: {e}; {stderr_text}"
+        ))
+    })?;
     if !status.success() {
         return Err(JobError::new(format!(
             "{what} failed ({status}); {stderr_text}"
         )));
     }
-    match stdout {
+    if !out.is_finished() {
+        return Err(JobError::new(format!(
+            "{what}: its output did not close after it was killed; {stderr_text}"
+        )));
+    }
+    match out.join() {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(JobError::new(format!("{what}: reading its output: {e}"))),
         Err(_) => Err(JobError::new(format!("{what}: the output reader panicked"))),
     }
 }
 
-/// The lines of a program's output, without line ends (a trailing `\r` dropped).
 fn lines_of(output: &[u8]) -> Vec<&[u8]> {
     let body = output.strip_suffix(b"\n").unwrap_or(output);
     if body.is_empty() {
@@ -586,6 +681,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("could not start"), "{}", err.message);
+        let started = Instant::now();
+        let err = run_program(
+            "mapper",
+            &program("sleep 0.2 & cat >/dev/null; echo k 1"),
+            b"x",
+            Duration::from_secs(5),
+            100,
+        );
+        assert_eq!(
+            err.unwrap(),
+            b"k 1\n",
+            "a short-lived background child is waited for"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(
             run_program(
                 "mapper",
@@ -597,5 +706,52 @@ mod tests {
             .unwrap(),
             b"zzz"
         );
+    }
+
+    /// A mapper that leaves a `setsid` grandchild holding its standard output (so closing
+    /// the process group is not enough) is cut off at the time limit, and the grandchild
+    /// is killed.
+    #[test]
+    fn a_detached_grandchild_holding_stdout_cannot_outlive_the_timeout() {
+        let program = Program {
+            name: "escape".into(),
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "setsid sleep 120 & echo \"grandchild $!\" >&2; cat >/dev/null; echo k 1".into(),
+            ],
+        };
+        let started = Instant::now();
+        let err =
+            run_program("mapper", &program, b"a\n", Duration::from_secs(1), 1000).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.message.contains("kept its output open"),
+            "{}",
+            err.message
+        );
+        let grandchild: u32 = err
+            .message
+            .split("grandchild ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no grandchild pid in {}", err.message));
+        // Killed: gone, or a zombie waiting for its new parent to reap it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit(") ").next().map(|s| s.chars().next()));
+            match state {
+                None | Some(Some('Z')) | Some(Some('X')) => break,
+                _ if Instant::now() > deadline => panic!("grandchild {grandchild} still alive"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 }
