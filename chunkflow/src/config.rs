@@ -49,25 +49,83 @@ impl ConnectionConfig {
     }
 }
 
-/// Replaces the password of a URL's user info with `***`.
+/// Query parameters whose value is a credential (`redis+unix:///sock?pass=...`).
+const SECRET_PARAMETERS: &[&str] = &[
+    "pass",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "auth",
+    "key",
+    "access_key",
+    "secret_key",
+];
+
+/// Hides every credential a URL may carry, whether or not it parses: the password of its
+/// user info (`scheme://user:***@host`), the values of credential query parameters
+/// (`?pass=***`), and, in a string that is not `scheme://...` but has an `@` (a mistyped
+/// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let redacted = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => userinfo.to_string(),
-            };
-            format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
-        }
-        None => url.to_string(),
+    let (rest, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
+    let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    format!(
+        "{}{}{fragment}",
+        redact_user_info(head),
+        redact_query(query)
+    )
+}
+
+fn redact_user_info(head: &str) -> String {
+    if let Some(scheme_end) = head.find("://") {
+        let rest = &head[scheme_end + 3..];
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        return match authority.rfind('@') {
+            Some(at) => {
+                let user_info = &authority[..at];
+                let redacted = match user_info.find(':') {
+                    Some(colon) => format!("{}:***", &user_info[..colon]),
+                    None => user_info.to_string(),
+                };
+                format!("{}{}{}", &head[..scheme_end + 3], redacted, &rest[at..])
+            }
+            None => head.to_string(),
+        };
     }
+    match head.rfind('@') {
+        // Not a URL we can read: keep what looks like a scheme and its punctuation, hide
+        // the rest up to the host.
+        Some(at) => {
+            let scheme_len = head
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+                .unwrap_or(0);
+            let punctuation = head[scheme_len..]
+                .find(|c: char| c != ':' && c != '/')
+                .unwrap_or(0);
+            let keep = (scheme_len + punctuation).min(at);
+            format!("{}***{}", &head[..keep], &head[at..])
+        }
+        None => head.to_string(),
+    }
+}
+
+fn redact_query(query: &str) -> String {
+    let Some(separator) = query.chars().next() else {
+        return String::new();
+    };
+    let parameters =
+        query[separator.len_utf8()..]
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((name, _))
+                    if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => parameter.to_string(),
+            });
+    format!("{separator}{}", parameters.collect::<Vec<_>>().join("&"))
 }
 
 fn is_safe_char(c: char) -> bool {
@@ -129,6 +187,31 @@ mod tests {
             "redis://user@h/0?x=a@b"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn redacts_credentials_of_urls_that_do_not_parse() {
+        for (url, shown) in [
+            ("amqp//u:PW@h", "amqp//***@h"),
+            ("amqp:/u:PW@h:5691/%2f", "amqp:/***@h:5691/%2f"),
+            ("redis//:PW@h", "redis//:***@h"),
+            ("http//u:PW@h", "http//***@h"),
+            ("u:PW@h", "u:***@h"),
+            ("redis+unix:///sock?pass=PW", "redis+unix:///sock?pass=***"),
+            (
+                "redis+unix:///sock?db=1&password=PW",
+                "redis+unix:///sock?db=1&password=***",
+            ),
+            ("redis://h/0?Token=PW#x", "redis://h/0?Token=***#x"),
+            (
+                "amqp://u:PW@h:5672/%2f?heartbeat=10",
+                "amqp://u:***@h:5672/%2f?heartbeat=10",
+            ),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(!redacted.contains("PW"), "{url} -> {redacted}");
+        }
     }
 
     #[test]
