@@ -1,12 +1,10 @@
-//! Splitting input into chunks of whole records, streaming.
+//! Cutting one source into chunks of whole records, streaming ([`Chunker`]).
 //!
-//! This module owns two things: turning the `INPUT...` arguments into an ordered list of
-//! sources ([`expand_inputs`]), and cutting one source into chunks ([`Chunker`]).
-//!
-//! A record is a line ([`RecordFormat::Lines`], the default) or a CSV record
-//! ([`RecordFormat::CsvWithHeader`]: RFC 4180, a quoted field may hold `,`, `""` and line
-//! ends, so a record may span several lines). Rules (the result of a job must not depend on
-//! where the cuts fall):
+//! It exists so that the result of a job does not depend on where the cuts fall: a worker
+//! always gets whole records. Where a record ends is [`crate::records`]' decision (a line,
+//! or a quote-aware CSV record); where inputs come from is [`crate::input`]'s. This module
+//! must not parse fields or look inside records beyond their ends, and must not open
+//! inputs: it reads from whatever reader it is given. Rules:
 //! - a chunk ends right after a `\n` that ends a record, or at the end of its source; it
 //!   never splits a record;
 //! - a chunk holds as many whole records as fit in `chunk_size` bytes;
@@ -18,248 +16,14 @@
 //! CSV: the first non-blank record of a source is its header. It is not a chunk of its own:
 //! every chunk of the source starts with a copy of it (so a worker can name the columns of
 //! any chunk), and the chunk's `offset` and `first_line` are those of its first record after
-//! the header. The quote tracking is the state machine of the `csv` crate's parser (a `"`
-//! opens a quoted field only at the start of a field; `""` inside one is a quote), so the
-//! producer's cuts fall exactly where the workers' parser sees record ends.
+//! the header.
 //!
 //! The chunker holds at most about `max(chunk_size, longest line) * 2` bytes, whatever
 //! the size of the source, so standard input and files larger than memory stream through.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
 
-/// Where one input comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InputSource {
-    /// A regular file; `display` is the path as the user gave it (joined below a directory).
-    File { path: PathBuf, display: String },
-    /// Standard input (`-`).
-    Stdin,
-}
-
-impl InputSource {
-    /// The name used in messages, chunk metadata and job output.
-    pub fn display(&self) -> &str {
-        match self {
-            InputSource::File { display, .. } => display,
-            InputSource::Stdin => "-",
-        }
-    }
-
-    /// Opens the source for reading.
-    pub fn open(&self) -> Result<Box<dyn Read + Send>, InputError> {
-        match self {
-            InputSource::File { path, display } => File::open(path)
-                .map(|f| Box::new(f) as Box<dyn Read + Send>)
-                .map_err(|error| InputError::Unreadable {
-                    path: display.clone(),
-                    error,
-                }),
-            InputSource::Stdin => Ok(Box::new(io::stdin())),
-        }
-    }
-}
-
-/// Why an input could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    #[error("input `{path}` does not exist")]
-    Missing { path: String },
-    #[error("input `{path}` cannot be read: {error}")]
-    Unreadable { path: String, error: io::Error },
-    #[error("input `{path}` is not a regular file or directory (a FIFO, socket or device); give a file, a directory or `-` for standard input")]
-    NotRegular { path: String },
-    #[error("standard input (`-`) is given more than once")]
-    StdinTwice,
-    #[error("no input given: name files, directories, or `-` for standard input")]
-    Empty,
-}
-
-/// Expands `INPUT...` into sources, in order: files as given; directories as every regular
-/// file below them, recursively, sorted by path; `-` as standard input. Every file is opened
-/// once here so that a missing or unreadable input is reported before anything is published.
-pub fn expand_inputs(inputs: &[String]) -> Result<Vec<InputSource>, InputError> {
-    if inputs.is_empty() {
-        return Err(InputError::Empty);
-    }
-    let mut sources = Vec::new();
-    let mut saw_stdin = false;
-    for input in inputs {
-        if input == "-" {
-            if saw_stdin {
-                return Err(InputError::StdinTwice);
-            }
-            saw_stdin = true;
-            sources.push(InputSource::Stdin);
-            continue;
-        }
-        let path = PathBuf::from(input);
-        let meta = std::fs::metadata(&path).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => InputError::Missing {
-                path: input.clone(),
-            },
-            _ => InputError::Unreadable {
-                path: input.clone(),
-                error,
-            },
-        })?;
-        if meta.is_dir() {
-            walk_directory(&path, input, &mut sources)?;
-        } else if meta.is_file() {
-            let source = InputSource::File {
-                path,
-                display: input.clone(),
-            };
-            source.open()?;
-            sources.push(source);
-        } else {
-            return Err(InputError::NotRegular {
-                path: input.clone(),
-            });
-        }
-    }
-    Ok(sources)
-}
-
-fn walk_directory(
-    dir: &Path,
-    display: &str,
-    sources: &mut Vec<InputSource>,
-) -> Result<(), InputError> {
-    let unreadable = |error| InputError::Unreadable {
-        path: display.to_string(),
-        error,
-    };
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(unreadable)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(unreadable)?;
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let child_display = format!(
-            "{}/{}",
-            display.trim_end_matches('/'),
-            name.to_string_lossy()
-        );
-        let child = entry.path();
-        // symlink_metadata: a symlinked directory is not followed (no cycles); a symlinked
-        // file is read through the link.
-        let link_meta =
-            std::fs::symlink_metadata(&child).map_err(|error| InputError::Unreadable {
-                path: child_display.clone(),
-                error,
-            })?;
-        if link_meta.is_dir() {
-            walk_directory(&child, &child_display, sources)?;
-            continue;
-        }
-        let meta = match std::fs::metadata(&child) {
-            Ok(meta) => meta,
-            Err(_) if link_meta.is_symlink() => {
-                tracing::warn!(path = %child_display, "skipping dangling symlink");
-                continue;
-            }
-            Err(error) => {
-                return Err(InputError::Unreadable {
-                    path: child_display,
-                    error,
-                })
-            }
-        };
-        if meta.is_file() {
-            let source = InputSource::File {
-                path: child,
-                display: child_display,
-            };
-            source.open()?;
-            sources.push(source);
-        } else {
-            tracing::warn!(path = %child_display, "skipping entry that is not a regular file");
-        }
-    }
-    Ok(())
-}
-
-/// How a source is made of records; chosen by the job ([`crate::jobs::Job::input_format`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RecordFormat {
-    /// Records are lines ending in `\n`.
-    #[default]
-    Lines,
-    /// RFC 4180 CSV with a header record; see the module docs.
-    CsvWithHeader,
-}
-
-/// State of the CSV record scanner, mirroring `csv_core`'s parser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CsvState {
-    StartField,
-    InField,
-    InQuoted,
-    QuoteInQuoted,
-}
-
-/// Scans `data`, which starts at a record boundary, and returns the end (just past the
-/// `\n`) of every record ending in it, in order, through `f`; stops when `f` returns false.
-fn scan_csv_records(data: &[u8], mut f: impl FnMut(usize) -> bool) {
-    let mut state = CsvState::StartField;
-    for (i, &byte) in data.iter().enumerate() {
-        state = match (state, byte) {
-            (CsvState::InQuoted, b'"') => CsvState::QuoteInQuoted,
-            (CsvState::InQuoted, _) => CsvState::InQuoted,
-            (CsvState::QuoteInQuoted, b'"') => CsvState::InQuoted,
-            (CsvState::StartField, b'"') => CsvState::InQuoted,
-            (_, b'\n') => {
-                if !f(i + 1) {
-                    return;
-                }
-                CsvState::StartField
-            }
-            (_, b',' | b'\r') => CsvState::StartField,
-            (_, _) => CsvState::InField,
-        };
-    }
-}
-
-/// Length of the first CSV record of `data` (which starts at a record boundary), including
-/// its line end; all of `data` if no record ends in it. The same scanner as the chunker's
-/// cuts, so a job finds the header copy at the start of a chunk exactly.
-pub fn csv_record_len(data: &[u8]) -> usize {
-    first_record_end(RecordFormat::CsvWithHeader, data, 0).unwrap_or(data.len())
-}
-
-/// End of the last record that ends within `data` (which starts at a record boundary).
-fn last_record_end(format: RecordFormat, data: &[u8]) -> Option<usize> {
-    match format {
-        RecordFormat::Lines => memchr::memrchr(b'\n', data).map(|i| i + 1),
-        RecordFormat::CsvWithHeader => {
-            let mut last = None;
-            scan_csv_records(data, |end| {
-                last = Some(end);
-                true
-            });
-            last
-        }
-    }
-}
-
-/// End of the first record of `data` (which starts at a record boundary), searching lines
-/// from `from` on (the bytes before it are known to hold no line end).
-fn first_record_end(format: RecordFormat, data: &[u8], from: usize) -> Option<usize> {
-    match format {
-        RecordFormat::Lines => memchr::memchr(b'\n', &data[from..]).map(|i| from + i + 1),
-        RecordFormat::CsvWithHeader => {
-            let mut first = None;
-            scan_csv_records(data, |end| {
-                first = Some(end);
-                false
-            });
-            first
-        }
-    }
-}
+use crate::records::{first_record_end, last_record_end, RecordFormat};
 
 /// One chunk of one source: whole records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -644,32 +408,5 @@ mod tests {
     #[test]
     fn empty_input_has_no_chunks() {
         assert!(chunks(b"", 10, 10).is_empty());
-    }
-
-    #[test]
-    fn expand_reports_missing_and_sorts_directories() {
-        let dir = std::env::temp_dir().join(format!("chunkflow-expand-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("b")).unwrap();
-        std::fs::write(dir.join("b/z.txt"), "z").unwrap();
-        std::fs::write(dir.join("a.txt"), "a").unwrap();
-        std::fs::write(dir.join("c.txt"), "c").unwrap();
-        let root = dir.to_string_lossy().to_string();
-        let got = expand_inputs(std::slice::from_ref(&root)).unwrap();
-        let names: Vec<&str> = got.iter().map(|s| s.display()).collect();
-        assert_eq!(
-            names,
-            vec![
-                format!("{root}/a.txt"),
-                format!("{root}/b/z.txt"),
-                format!("{root}/c.txt")
-            ]
-        );
-        let missing = format!("{root}/nope");
-        match expand_inputs(std::slice::from_ref(&missing)) {
-            Err(InputError::Missing { path }) => assert_eq!(path, missing),
-            other => panic!("expected Missing, got {other:?}"),
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

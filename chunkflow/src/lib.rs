@@ -20,7 +20,7 @@
 //! | [`job`] | the job model: [`job::JobId`], [`job::JobSpec`], [`job::JobState`], [`job::JobStatus`] |
 //! | [`config`] | connection settings, name validation, durations, URL redaction |
 //! | [`jobs`] | the `Job` trait, the registry and the built-in jobs (pure: bytes in, bytes out) |
-//! | [`chunker`], [`codec`], [`output`], [`size`] | cutting input into chunks; intermediate encoding; result assembly; byte sizes |
+//! | [`input`], [`records`], [`chunker`], [`codec`], [`output`], [`size`] | expanding and opening inputs; where records end (lines, quote-aware CSV); cutting sources into chunks; intermediate encoding; result assembly; byte sizes |
 //! | [`protocol`] | pure decisions of the commit protocol and the wire messages |
 //! | [`store`] | every Redis read and write: key schema, commit scripts, views, heartbeats |
 //! | [`broker`] | RabbitMQ: topology, connections, publishing with confirms, the consume loop |
@@ -35,6 +35,7 @@ pub mod codec;
 pub mod config;
 pub mod fault;
 pub mod health;
+pub mod input;
 pub mod job;
 pub mod jobs;
 pub mod local;
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod output;
 pub mod producer;
 pub mod protocol;
+pub mod records;
 pub mod reducer;
 pub mod size;
 pub mod store;

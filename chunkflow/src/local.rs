@@ -13,7 +13,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use crate::chunker::{expand_inputs, Chunk, Chunker};
+use crate::chunker::{Chunk, Chunker};
+use crate::input::expand_inputs;
 use crate::jobs::{ChunkContext, Job, JobRegistry, OUTPUT_RECORDS};
 use crate::output::write_results;
 use crate::producer::{ProducerError, SubmitOptions};

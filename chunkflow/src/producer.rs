@@ -20,15 +20,15 @@ use crate::broker::publisher::{
     reduce_task_messages, Pending, PublishError, ReconnectingPublisher,
 };
 use crate::broker::topology::Topology;
-use crate::chunker::{
-    expand_inputs, Chunk, ChunkError, Chunker, InputError, InputSource, RecordFormat,
-};
+use crate::chunker::{Chunk, ChunkError, Chunker};
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
+use crate::input::{expand_inputs, InputError, InputSource};
 use crate::job::{now_ms, JobId, JobState, JobStatus};
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
 use crate::output::write_results;
 use crate::protocol::messages::MapTask;
+use crate::records::RecordFormat;
 use crate::size::human_bytes;
 use crate::store::{SealOutcome, Store, StoreError};
 

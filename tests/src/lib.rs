@@ -1,1 +1,24 @@
-//! End-to-end tests live in `tests/`; this crate has no library code.
+//! The end-to-end test harness: what the `e2e` and `exclusive` test binaries share.
+//!
+//! It exists so that both binaries drive the real `producer`, `worker` and `reducer`
+//! processes the same way: one build of the binaries under test, a unique namespace per
+//! test with its cleanup, waits on conditions with deadlines, and sequential references to
+//! compare results with. Tests hold the assertions; this crate holds no test of its own,
+//! and it must never stop, pause or flush the shared RabbitMQ or Redis on its own account
+//! (the exclusive scenarios do that, explicitly, through [`services::rabbitmqctl`]).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`binaries`] | building the binaries under test (with fault injection) into `target/e2e` |
+//! | [`services`] | the shared RabbitMQ and Redis: connections, `wait_for`, a private Redis |
+//! | [`cluster`] | one test's namespace, processes, scratch directory and cleanup |
+//! | [`monitor`] | the processes' monitor endpoints, metrics and `--json` views |
+//! | [`reference`] | inputs and independent sequential references of the jobs |
+//! | [`scenario`] | finishing a chaos scenario: compare with the reference, report a line |
+
+pub mod binaries;
+pub mod cluster;
+pub mod monitor;
+pub mod reference;
+pub mod scenario;
+pub mod services;

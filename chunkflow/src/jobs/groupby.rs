@@ -38,9 +38,9 @@ use super::{
     input_counters, params, partition_of, ChunkContext, Job, JobError, LineTracker, MapOutput,
     RecordFormat, ReduceOutput, ResultFormat,
 };
-use crate::chunker::csv_record_len;
 use crate::codec::{put_bytes, put_varint, Reader};
 use crate::output::SortKey;
+use crate::records::csv_record_len;
 
 pub const KIND: &str = "groupby";
 

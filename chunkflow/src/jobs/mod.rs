@@ -29,8 +29,8 @@ pub mod wordcount;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use crate::chunker::RecordFormat;
 pub use crate::output::ResultFormat;
+pub use crate::records::RecordFormat;
 
 pub use crate::job::{JobSpec, SPEC_VERSION};
 

@@ -22,9 +22,9 @@ use super::{
     input_counters, partition_of, ChunkContext, Job, JobError, LineTracker, MapOutput,
     RecordFormat, ReduceOutput, ResultFormat,
 };
-use crate::chunker::csv_record_len;
 use crate::codec::{put_bytes, Reader};
 use crate::output::SortKey;
+use crate::records::csv_record_len;
 
 /// One input record handed to [`MapReduce::map`].
 #[derive(Debug)]

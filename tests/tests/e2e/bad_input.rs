@@ -1,6 +1,7 @@
 //! Bad input: a clear error naming the cause, a non-zero exit, nothing lost or published.
 
-use crate::helpers::*;
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::services::*;
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -131,6 +132,8 @@ fn passwords_never_reach_logs_or_errors() {
     let bad_redis = format!("redis://:{secret}@127.0.0.1:1/0");
     let worker = cluster.worker(&[("AMQP_URL", bad_amqp.as_str())]);
     let reducer = cluster.reducer(&[("REDIS_URL", bad_redis.as_str())]);
+    // Waits on log text on purpose: what the logs say is the subject of this test, and
+    // the reducer, cut off from Redis, writes no heartbeat record to find its metrics by.
     wait_for(
         "connection errors to be logged",
         std::time::Duration::from_secs(30),

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::bin_dir;
+use chunkflow_tests::binaries::bin_dir;
 
 const CHUNKFLOW_BINARIES: &[&str] = &["producer", "worker", "reducer"];
 /// Commands of the runtime image (debian:bookworm-slim) that the compose file may use.

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::*;
-use crate::service::{http_get, MONITORED};
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::monitor::*;
+use chunkflow_tests::scenario::*;
+use chunkflow_tests::services::*;
 
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]

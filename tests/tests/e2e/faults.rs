@@ -5,13 +5,12 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 
-use crate::helpers::*;
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::reference::*;
+use chunkflow_tests::services::*;
 
-fn committed(cluster: &Cluster, job: &str) -> u64 {
-    cluster.status(job)["chunks_committed"]
-        .as_u64()
-        .unwrap_or(0)
-}
+/// How long a scenario's job may take.
+const LONG: Duration = Duration::from_secs(120);
 
 #[test]
 fn every_task_delivered_twice_gives_identical_result() {
@@ -97,14 +96,12 @@ fn every_task_delivered_twice_gives_identical_result() {
                 .then_some(())
         },
     );
-    let identical = cluster.result(&job) == expected;
-    report(
-        &cluster,
+    // Late duplicates change nothing.
+    cluster.verify_scenario(
         "04 every task delivered twice, and late duplicates after the end",
         &job,
-        identical,
+        &expected,
     );
-    assert!(identical, "late duplicates change nothing");
     assert_eq!(cluster.queue_depth(&topology.dead_letter_queue()), 0);
     assert!(cluster.service(0).is_running() && cluster.service(2).is_running());
 }
@@ -118,33 +115,27 @@ fn worker_killed_mid_job_and_restarted_gives_identical_result() {
     let victim = cluster.worker(&slow);
     cluster.worker(&slow);
     cluster.reducer(&[]);
-    let (mut producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
     let total = wait_for("the job to be sealed", Duration::from_secs(60), || {
         cluster.status(&job)["chunks_total"].as_u64()
     });
     wait_for("some chunks to commit", Duration::from_secs(60), || {
-        (committed(&cluster, &job) >= 5).then_some(())
+        (cluster.committed(&job) >= 5).then_some(())
     });
     cluster.service(victim).kill_hard();
-    let at_kill = committed(&cluster, &job);
+    let at_kill = cluster.committed(&job);
     assert!(
         at_kill < total,
         "the kill must land mid-job ({at_kill}/{total})"
     );
     cluster.worker(&slow);
-    let status = producer.wait().unwrap();
-    assert!(
-        status.success(),
-        "submit --wait failed after a worker was killed"
-    );
-    let identical = cluster.result(&job) == reference_wordcount(&[&data]);
-    report(
-        &cluster,
+    cluster.finish_scenario(
+        producer,
+        LONG,
         "01b one worker SIGKILLed mid-job, restarted",
         &job,
-        identical,
+        &reference_wordcount(&[&data]),
     );
-    assert!(identical);
     let status = cluster.status(&job);
     assert_eq!(status["counters"]["bytes_read"], data.len() as u64);
 }
@@ -156,11 +147,11 @@ fn crash_between_commit_and_ack_counts_the_chunk_once() {
     let file = cluster.write_file("a.txt", &data);
     let crasher = cluster.worker(&[("CHUNKFLOW_FAULT", "crash-after-commit=3")]);
     cluster.reducer(&[]);
-    let (mut producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "2KiB", "-q"], &[&file]);
     let status = cluster.service(crasher).wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "the worker must have aborted");
     assert_eq!(
-        committed(&cluster, &job),
+        cluster.committed(&job),
         3,
         "three commits landed before the crash"
     );
@@ -168,15 +159,13 @@ fn crash_between_commit_and_ack_counts_the_chunk_once() {
         .log("worker", crasher)
         .contains("aborting after commit"));
     let replacement = cluster.worker(&[]);
-    assert!(producer.wait().unwrap().success());
-    let identical = cluster.result(&job) == reference_wordcount(&[&data]);
-    report(
-        &cluster,
+    cluster.finish_scenario(
+        producer,
+        LONG,
         "02 crash between the Redis commit and the ack",
         &job,
-        identical,
+        &reference_wordcount(&[&data]),
     );
-    assert!(identical);
     let status = cluster.status(&job);
     assert_eq!(
         status["counters"]["records_read"],

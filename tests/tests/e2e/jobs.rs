@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::helpers::*;
-use crate::job_helpers::*;
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::reference::*;
 
 /// `generate_text` without its invalid UTF-8 (bytes 0xfe, 0xff), since `result` output is
 /// read as UTF-8 here.
@@ -199,7 +199,7 @@ fn reference_groupby_csv(files: &[&[u8]]) -> (String, u64, u64) {
         for (_, fields) in records.iter().skip(1) {
             read += 1;
             let amount = cents(&fields.get(2).cloned().unwrap_or_default());
-            if fields.len() != 4 || matches!(amount, Some(Err(()))) {
+            if fields.len() != 4 || matches!(amount, Some(Err(NotCents))) {
                 bad += 1;
                 continue;
             }

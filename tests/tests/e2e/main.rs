@@ -6,8 +6,6 @@ mod chaos;
 mod compose;
 mod dashboard;
 mod faults;
-mod helpers;
-mod job_helpers;
 mod jobs;
 mod pipeline;
 mod service;

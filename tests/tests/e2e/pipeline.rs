@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::reference::*;
+use chunkflow_tests::services::*;
 
 fn corpus(cluster: &Cluster) -> (Vec<String>, Vec<Vec<u8>>) {
     let files: Vec<(&str, Vec<u8>)> = vec![

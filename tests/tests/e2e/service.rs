@@ -2,89 +2,14 @@
 //! records that list exactly the live processes, and the `--json` views scripts rely on.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::helpers::*;
-
-/// Environment of a monitored worker or reducer: metrics on a free port, a short TTL.
-pub const MONITORED: &[(&str, &str)] = &[
-    ("CHUNKFLOW_METRICS_ADDR", "127.0.0.1:0"),
-    ("CHUNKFLOW_HEARTBEAT_TTL", "1500ms"),
-];
-
-/// `GET http://addr/path` with a plain TCP stream: (status, body).
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    (status, body.to_string())
-}
-
-/// The value of a Prometheus sample (`name{labels}` exactly as rendered), 0 if absent.
-pub fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
-/// `producer ARGS --json`, parsed.
-pub fn producer_json(cluster: &Cluster, args: &[&str]) -> Value {
-    let mut full = args.to_vec();
-    full.push("--json");
-    let output = cluster.producer(&full, &[], None);
-    assert!(
-        output.status.success(),
-        "producer {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("producer {args:?} --json is not JSON ({e})"))
-}
-
-/// The pids `producer workers` lists.
-pub fn live_pids(cluster: &Cluster) -> BTreeSet<u64> {
-    producer_json(cluster, &["workers"])
-        .as_array()
-        .expect("workers --json is an array")
-        .iter()
-        .map(|w| w["pid"].as_u64().expect("pid"))
-        .collect()
-}
-
-/// Waits until `producer workers` lists exactly `pids`; returns the records.
-pub fn wait_for_live(cluster: &Cluster, pids: &BTreeSet<u64>, timeout: Duration) -> Vec<Value> {
-    wait_for("the live processes to be listed", timeout, || {
-        let records = producer_json(cluster, &["workers"]);
-        let listed: BTreeSet<u64> = records
-            .as_array()?
-            .iter()
-            .filter_map(|w| w["pid"].as_u64())
-            .collect();
-        (&listed == pids).then(|| records.as_array().cloned())?
-    })
-}
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::monitor::*;
+use chunkflow_tests::reference::*;
+use chunkflow_tests::scenario::*;
+use chunkflow_tests::services::*;
 
 #[test]
 fn metrics_move_as_a_job_runs_and_health_endpoints_answer() {

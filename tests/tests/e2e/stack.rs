@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::*;
-use crate::service::producer_json;
+use chunkflow_tests::binaries::*;
+use chunkflow_tests::cluster::*;
+use chunkflow_tests::monitor::*;
+use chunkflow_tests::scenario::*;
+use chunkflow_tests::services::*;
 
 fn stack(cluster: &Cluster, action: &str) -> std::process::Output {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -78,8 +81,7 @@ fn local_stack_script_runs_a_job_and_goes_down_cleanly() {
             pids.contains(&worker["pid"].to_string()),
             "{worker} started by the script"
         );
-        let (status, _) =
-            crate::service::http_get(worker["metrics_addr"].as_str().unwrap(), "/readyz");
+        let (status, _) = http_get(worker["metrics_addr"].as_str().unwrap(), "/readyz");
         assert_eq!(status, 200, "{worker} ready");
     }
 

@@ -1,92 +1,101 @@
-//! Helpers of the job tests (`jobs.rs`): the local runner, the custom-job example's
-//! binaries, and independent references — a small RFC 4180 reader and decimal arithmetic in
-//! integer cents — written without the library's code.
+//! Inputs and independent sequential references. The references define each job's result
+//! directly from its specification, file by file, and must never call the library's job
+//! code: a result is checked against them, so sharing code would check nothing. The
+//! inputs are deterministic (seeded) so that a failure can be replayed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
-use crate::helpers::*;
-
-/// Asserts a producer run succeeded and returns its standard output.
-pub fn stdout_of(output: &Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("output is UTF-8")
-}
-
-/// `producer submit --local ARGS...`: the job's result, computed in-process.
-pub fn local(cluster: &Cluster, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut all = vec!["submit", "--local", "-q"];
-    all.extend_from_slice(args);
-    stdout_of(
-        &cluster.producer(&all, env, None),
-        "producer submit --local",
-    )
-}
-
-/// `producer submit --wait ARGS...` then `producer result`: the distributed result.
-pub fn distributed(cluster: &Cluster, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
-    let mut all = vec!["submit", "--wait", "-q"];
-    all.extend_from_slice(args);
-    let output = cluster.producer(&all, env, None);
-    stdout_of(&output, "producer submit --wait");
-    let job = job_id_from(&output);
-    (job.clone(), cluster.result(&job))
-}
-
-/// Builds the custom-job example's binaries next to the stock ones (same target directory
-/// and features as `helpers::bin_dir`, so dependencies are shared).
-pub fn custom_bin_dir() -> &'static Path {
-    static DONE: OnceLock<()> = OnceLock::new();
-    let dir = bin_dir();
-    DONE.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "custom-job",
-                "--features",
-                "custom-job/fault-injection",
-            ])
-            .env("CARGO_TARGET_DIR", workspace.join("target").join("e2e"))
-            .status()
-            .expect("run cargo build for the custom-job example");
-        assert!(status.success(), "building the custom-job example failed");
-    });
-    dir
-}
-
-/// A process killed when dropped.
-pub struct Spawned(pub Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// The sequential reference: the definition of wordcount, applied file by file, written
+/// independently of the library.
+pub fn reference_wordcount(files: &[&[u8]]) -> String {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for data in files {
+        let text = String::from_utf8_lossy(data);
+        let mut word = String::new();
+        for c in text.chars().chain(std::iter::once('\n')) {
+            if c.is_alphanumeric() {
+                word.push(c);
+            } else if !word.is_empty() {
+                *counts.entry(word.to_lowercase()).or_default() += 1;
+                word.clear();
+            }
+        }
     }
+    // BTreeMap<String> orders by UTF-8 bytes, which is the result's byte order.
+    counts
+        .into_iter()
+        .map(|(w, c)| format!("{w}\t{c}\n"))
+        .collect()
 }
 
-/// Starts one of the example's services in the cluster's namespace.
-pub fn spawn_custom(cluster: &Cluster, binary: &str) -> Spawned {
-    custom_bin_dir();
-    let log = std::fs::File::create(cluster.dir.join(format!("{binary}.log"))).unwrap();
-    let child = cluster
-        .command(binary)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
-    Spawned(child)
+pub fn line_count(data: &[u8]) -> u64 {
+    let newlines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+    newlines + u64::from(!data.is_empty() && !data.ends_with(b"\n"))
+}
+
+/// Deterministic text with the nasty cases: mixed case, Unicode letters and digits,
+/// punctuation, CRLF and CR, invalid UTF-8, long and empty lines.
+pub fn generate_text(seed: u64, lines: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "The",
+        "THE",
+        "customer",
+        "Customer",
+        "order",
+        "ORDER",
+        "trend",
+        "data",
+        "Straße",
+        "STRASSE",
+        "café",
+        "CAFÉ",
+        "ΟΔΟΣ",
+        "Σίσυφος",
+        "日本語",
+        "naïve",
+        "x1",
+        "42",
+        "½",
+        "İstanbul",
+        "mapreduce",
+        "Reduce",
+        "chunk",
+        "flow",
+        "ǅemal",
+        "ﬁne",
+        "z",
+    ];
+    const SEPARATORS: &[&str] = &[" ", " ", " ", ", ", ". ", "\t", " - ", "!", "'", "(", ")"];
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut next = move |bound: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % bound
+    };
+    let mut out = Vec::new();
+    for line in 0..lines {
+        let words = next(12);
+        for w in 0..words {
+            if w > 0 {
+                out.extend_from_slice(SEPARATORS[next(SEPARATORS.len())].as_bytes());
+            }
+            out.extend_from_slice(WORDS[next(WORDS.len())].as_bytes());
+            if next(50) == 0 {
+                out.extend_from_slice(b"\xff\xfe");
+            }
+        }
+        if line % 97 == 0 {
+            out.extend_from_slice(&b"long".repeat(next(200)));
+        }
+        match next(10) {
+            0 => out.extend_from_slice(b"\r\n"),
+            1 => out.extend_from_slice(b"\r"),
+            _ => out.push(b'\n'),
+        }
+    }
+    out
 }
 
 /// An independent RFC 4180 reader: records with the line each starts on. Quoted fields
@@ -151,10 +160,14 @@ pub fn parse_csv(data: &[u8]) -> Vec<(u64, Vec<Vec<u8>>)> {
     records
 }
 
+/// A field that is not a decimal with exactly two places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotCents;
+
 /// A decimal with exactly two places, in cents: `Some(Ok(cents))`, `None` if empty,
-/// `Some(Err(()))` if not such a number.
-pub fn cents(text: &[u8]) -> Option<Result<i64, ()>> {
-    let text = std::str::from_utf8(text).map_err(|_| ()).ok()?.trim();
+/// `Some(Err(NotCents))` if not such a number.
+pub fn cents(text: &[u8]) -> Option<Result<i64, NotCents>> {
+    let text = std::str::from_utf8(text).ok()?.trim();
     if text.is_empty() {
         return None;
     }
@@ -163,16 +176,19 @@ pub fn cents(text: &[u8]) -> Option<Result<i64, ()>> {
         None => (false, text),
     };
     let Some((whole, frac)) = digits.split_once('.') else {
-        return Some(Err(()));
+        return Some(Err(NotCents));
     };
     let ok = !whole.is_empty()
         && frac.len() == 2
         && whole.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b.is_ascii_digit());
     if !ok {
-        return Some(Err(()));
+        return Some(Err(NotCents));
     }
-    let value = whole.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap();
+    // Both parts are checked to be ASCII digits; the generated amounts are far from i64's
+    // limits.
+    let digits_value = |part: &str| part.parse::<i64>().expect("checked: ASCII digits");
+    let value = digits_value(whole) * 100 + digits_value(frac);
     Some(Ok(if negative { -value } else { value }))
 }
 
@@ -227,15 +243,16 @@ impl Agg {
 
     /// `count, sum, min, max, avg` columns.
     pub fn columns(&self) -> String {
-        if self.present == 0 {
+        let (Some(min), Some(max)) = (self.min, self.max) else {
+            // No value present in the group.
             return format!("{}\t\t\t\t", self.count);
-        }
+        };
         format!(
             "{}\t{}\t{}\t{}\t{}",
             self.count,
             format_cents(self.sum),
-            format_cents(self.min.unwrap()),
-            format_cents(self.max.unwrap()),
+            format_cents(min),
+            format_cents(max),
             format_average(self.sum, self.present)
         )
     }
