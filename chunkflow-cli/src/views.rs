@@ -3,12 +3,12 @@
 //! reducers, and the queues (ready, unacked, consumers). Used by `producer jobs`,
 //! `status`, `workers`, `queues` and the dashboard.
 //!
-//! Nothing here writes job state, and nothing here reads job state from Redis itself: that
-//! is `Store` (`failures`, `partition_progress`, `jobs`, `status`); this module renders.
-//! Queue depths come from AMQP passive declares (ready
-//! messages and consumers, always available) and, when it answers, the RabbitMQ
-//! management API (unacknowledged messages, which AMQP cannot tell); when it does not, the
-//! unacked column is empty and the reason is reported, never a made-up zero.
+//! Nothing here writes job state, and nothing here reads job state from Redis itself: the
+//! `Store` does (`status`, `jobs`, `failures`, `partition_progress`); this module renders.
+//! Queue depths come from AMQP passive declares (ready messages and consumers, always
+//! available) and, when it answers, the RabbitMQ management API (unacknowledged messages,
+//! which AMQP cannot tell); when it does not, the unacked column is empty and the reason is
+//! reported, never a made-up zero.
 
 use std::time::Duration;
 

@@ -592,4 +592,27 @@ mod tests {
         let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
         assert_eq!(pong, "PONG");
     }
+
+    #[tokio::test]
+    async fn a_cancelled_request_detaches_its_connection() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let key = store.keys.job("j").meta();
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+        assert_eq!(store.pool.status().size, 1);
+        let mut blocking = redis::cmd("BLPOP");
+        blocking.arg(&key).arg(2);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            store.invoke::<Option<Vec<String>>>(&blocking),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the request was still waiting");
+        assert_eq!(store.pool.status().size, 0, "its connection left the pool");
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
 }
