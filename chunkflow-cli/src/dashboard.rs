@@ -54,8 +54,6 @@ pub enum DashboardError {
     },
     #[error(transparent)]
     Store(#[from] chunkflow::store::StoreError),
-    #[error("{0}")]
-    Redis(String),
 }
 
 struct Shared {
@@ -78,9 +76,7 @@ pub async fn run(
         connection.redis_timeout,
     )
     .await?;
-    let redis = views::redis(connection)
-        .await
-        .map_err(DashboardError::Redis)?;
+    let redis = views::redis(connection).await?;
     let listener = http::bind(&config.listen)
         .await
         .map_err(|source| DashboardError::Listen {
@@ -138,11 +134,14 @@ async fn job_detail(shared: &Shared, job: &str) -> Result<Response, String> {
     let Some(status) = shared.store.status(job).await.map_err(|e| e.to_string())? else {
         return Ok(Response::text(404, format!("no job `{job}`\n")));
     };
-    let mut redis = shared.redis.clone();
-    let failures = views::failures(&mut redis, &shared.keys, job)
+    let failures = shared
+        .store
+        .failures(job)
         .await
         .map_err(|e| e.to_string())?;
-    let partitions = views::partition_progress(&mut redis, &shared.keys, &status)
+    let partitions = shared
+        .store
+        .partition_progress(&status)
         .await
         .map_err(|e| e.to_string())?;
     let mut value = views::status_json(&status, &failures, views::now());
@@ -156,7 +155,7 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
     loop {
         let now = views::now();
         let mut errors = Vec::new();
-        let jobs = match views::jobs(&shared.store).await {
+        let jobs = match shared.store.jobs().await {
             Ok(jobs) => jobs
                 .iter()
                 .map(|status| views::job_summary_json(status, now))

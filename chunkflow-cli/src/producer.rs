@@ -379,10 +379,7 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         Command::Status { job, json } => {
             let store = connect_store(&connection).await?;
             let status = producer::job_status(&store, &job).await?;
-            let mut redis = views::redis(&connection)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let failures = views::failures(&mut redis, store.keys(), &job).await?;
+            let failures = store.failures(&job).await?;
             let now = views::now();
             if json {
                 println!("{}", views::status_json(&status, &failures, now));
@@ -393,7 +390,7 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         }
         Command::Jobs { json } => {
             let store = connect_store(&connection).await?;
-            let jobs = views::jobs(&store).await?;
+            let jobs = store.jobs().await?;
             let now = views::now();
             if json {
                 let list: Vec<_> = jobs
@@ -407,9 +404,7 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers { json } => {
-            let mut redis = views::redis(&connection)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let mut redis = views::redis(&connection).await?;
             let keys = chunkflow::store::keys::Keys::new(&connection.namespace);
             let records = chunkflow::store::presence::list(&mut redis, &keys).await?;
             if json {

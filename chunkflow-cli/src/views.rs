@@ -3,15 +3,16 @@
 //! reducers, and the queues (ready, unacked, consumers). Used by `producer jobs`,
 //! `status`, `workers`, `queues` and the dashboard.
 //!
-//! Nothing here writes job state. Queue depths come from AMQP passive declares (ready
-//! messages and consumers, always available) and, when it answers, the RabbitMQ
-//! management API (unacknowledged messages, which AMQP cannot tell); when it does not, the
-//! unacked column is empty and the reason is reported, never a made-up zero.
+//! Nothing here writes job state, and nothing here reads job state from Redis itself: the
+//! `Store` does (`status`, `jobs`, `failures`, `partition_progress`); this module renders.
+//! Queue depths come from AMQP passive declares (ready messages and consumers, always
+//! available) and, when it answers, the RabbitMQ management API (unacknowledged messages,
+//! which AMQP cannot tell); when it does not, the unacked column is empty and the reason is
+//! reported, never a made-up zero.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -20,9 +21,9 @@ use chunkflow::broker::topology::{self, Topology};
 use chunkflow::config::{redact_url, ConnectionConfig};
 use chunkflow::job::{now_ms, JobState, JobStatus};
 use chunkflow::size::human_bytes;
-use chunkflow::store::keys::Keys;
 use chunkflow::store::presence::ServiceRecord;
-use chunkflow::store::{Store, StoreError};
+use chunkflow::store::StoreError;
+pub use chunkflow::store::{Failure, PartitionProgress};
 
 /// Overall progress in [0, 1]: chunks committed and partitions reduced over their totals;
 /// `None` while the total number of chunks is not known yet (still publishing).
@@ -76,84 +77,6 @@ pub fn human_duration(seconds: f64) -> String {
             (seconds as u64 % 3600) / 60
         )
     }
-}
-
-/// One failed attempt recorded for a chunk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Failure {
-    pub chunk: u64,
-    pub error: String,
-}
-
-/// The last recorded error of every chunk that failed an attempt, by chunk.
-pub async fn failures(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    job: &str,
-) -> redis::RedisResult<Vec<Failure>> {
-    let errors: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys.job(job).chunk_errors())
-        .query_async(conn)
-        .await?;
-    let mut failures: Vec<Failure> = errors
-        .into_iter()
-        .map(|(chunk, error)| Failure {
-            chunk: chunk.parse().unwrap_or(u64::MAX),
-            error,
-        })
-        .collect();
-    failures.sort_by_key(|f| f.chunk);
-    Ok(failures)
-}
-
-/// Progress of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PartitionProgress {
-    pub partition: u32,
-    /// Chunk outputs committed to this partition (all of them once reduced).
-    pub chunks_committed: u64,
-    pub reduced: bool,
-}
-
-/// Per-partition progress: chunk outputs held, and whether it is reduced.
-pub async fn partition_progress(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    status: &JobStatus,
-) -> redis::RedisResult<Vec<PartitionProgress>> {
-    let job = keys.job(&status.spec.id);
-    let partitions = status.spec.partitions;
-    let mut pipe = redis::pipe();
-    pipe.cmd("SMEMBERS").arg(job.partitions_reduced());
-    for partition in 0..partitions {
-        pipe.cmd("HLEN").arg(job.partition_data(partition));
-    }
-    let mut reply: Vec<redis::Value> = pipe.query_async(conn).await?;
-    let lengths: Vec<u64> = reply
-        .split_off(1.min(reply.len()))
-        .into_iter()
-        .map(|v| redis::from_redis_value(v).unwrap_or(0))
-        .collect();
-    let reduced: Vec<String> = reply
-        .pop()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or_default();
-    let total = status.total_chunks.unwrap_or(status.chunks_committed);
-    Ok((0..partitions)
-        .map(|partition| {
-            let is_reduced = status.state == JobState::Succeeded
-                || reduced.iter().any(|p| p == &partition.to_string());
-            PartitionProgress {
-                partition,
-                chunks_committed: if is_reduced {
-                    total
-                } else {
-                    lengths.get(partition as usize).copied().unwrap_or(0)
-                },
-                reduced: is_reduced,
-            }
-        })
-        .collect())
 }
 
 /// The status as a JSON document (stable field names, documented in the README).
@@ -270,18 +193,6 @@ pub fn job_summary_json(status: &JobStatus, now_ms: u64) -> Value {
         "age_seconds": now_ms.saturating_sub(status.created_ms) as f64 / 1000.0,
         "reason": status.reason,
     })
-}
-
-/// Every job of the namespace still in Redis, newest first.
-pub async fn jobs(store: &Store) -> Result<Vec<JobStatus>, StoreError> {
-    let mut jobs = Vec::new();
-    for id in store.job_ids().await? {
-        if let Some(status) = store.status(&id).await? {
-            jobs.push(status);
-        }
-    }
-    jobs.sort_by(|a, b| (b.created_ms, &b.spec.id).cmp(&(a.created_ms, &a.spec.id)));
-    Ok(jobs)
 }
 
 /// `producer jobs` as a table.
@@ -508,9 +419,9 @@ pub fn queues_text(report: &QueuesReport) -> String {
     text
 }
 
-/// A Redis connection for the views (heartbeat records, failures, partitions).
-pub async fn redis(connection: &ConnectionConfig) -> Result<MultiplexedConnection, String> {
-    chunkflow::store::presence::connect(&connection.redis_url, connection.redis_timeout).await
+/// A Redis connection for the views of heartbeat records.
+pub async fn redis(connection: &ConnectionConfig) -> Result<MultiplexedConnection, StoreError> {
+    chunkflow::store::connect_dedicated(&connection.redis_url, connection.redis_timeout).await
 }
 
 /// The current time, for callers that render several views at one instant.
@@ -522,6 +433,7 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
     use chunkflow::jobs::JobSpec;
+    use std::collections::BTreeMap;
 
     fn status(state: JobState, committed: u64, total: Option<u64>, reduced: u64) -> JobStatus {
         JobStatus {

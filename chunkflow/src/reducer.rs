@@ -55,7 +55,7 @@ pub struct ReducerConfig {
 
 /// Runs a reducer until `shutdown` is cancelled.
 pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
-    let Some(store) = service::connect_store(&config.connection, &shutdown).await? else {
+    let Some(store) = Store::connect_retrying(&config.connection, &shutdown).await? else {
         return Ok(());
     };
     store.warn_if_evicting().await;

@@ -58,7 +58,7 @@ pub struct WorkerConfig {
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
-    let Some(store) = service::connect_store(&config.connection, &shutdown).await? else {
+    let Some(store) = Store::connect_retrying(&config.connection, &shutdown).await? else {
         return Ok(());
     };
     store.warn_if_evicting().await;

@@ -28,7 +28,7 @@ use crate::config::{redact_url, ConnectionConfig};
 use crate::health::ServiceHealth;
 use crate::metrics::Settlement;
 use crate::protocol::Disposition;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// A delivery as handlers see it.
 #[derive(Debug)]
@@ -80,27 +80,6 @@ pub async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(duration) => true,
-    }
-}
-
-/// Connects to Redis, retrying with backoff until it answers or shutdown.
-pub async fn connect_store(
-    args: &ConnectionConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<Store>, ServiceError> {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match Store::connect(&args.redis_url, &args.namespace, args.redis_timeout).await {
-            Ok(store) => return Ok(Some(store)),
-            Err(error @ StoreError::InvalidUrl { .. }) => return Err(error.into()),
-            Err(error) => {
-                tracing::error!(error = %error, retry_in = ?backoff, "Redis unavailable");
-                if !pause(backoff, shutdown).await {
-                    return Ok(None);
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
     }
 }
 

@@ -11,23 +11,53 @@
 //!   `reducing → succeeded` transition, the deletion of intermediate data and the TTL on
 //!   the job's keys happen in the script that reduces the last partition.
 //!
+//! Layout, one file per protocol phase: `lifecycle` (create, seal, end, tombstone, producer
+//! heartbeat), `map_commit` (a chunk's commit and its error notes), `reduce` (leases,
+//! partials, a partition's commit, [`Store::begin_reduce`]), `views` (read-only: status, job
+//! lists, failures, partition progress, results); [`keys`] is the key schema and
+//! [`presence`] the heartbeat records. The Lua scripts live in `lua/`, one per file. This
+//! file holds what they share: the one Redis connection factory ([`RedisEndpoint`]), the
+//! pool, the one function every request goes through (`Store::invoke`), script loading and
+//! reply parsing.
+//!
+//! Scripts never count key positions: the Rust side names every key it passes by role
+//! (`ScriptKeys`, sent as `ARGV[1]`), and `lua/_key_layout.lua` binds them by name and
+//! refuses a layout that disagrees with `KEYS`, before any write.
+//!
 //! Connections come from a deadpool pool with connect, response, wait and recycle timeouts.
-//! A connection whose command failed with a timeout or I/O error is detached from the pool
-//! and dropped, never reused: a reply may still be in flight on it.
+//! A connection whose request failed with a timeout or I/O error, or whose request was
+//! cancelled before its reply arrived, is detached from the pool and dropped, never reused:
+//! a reply may still be in flight on it (redis-rs issue 489).
+//!
+//! Must not: format a key (that is [`keys`]), decide what an outcome means for a delivery
+//! (that is the worker, the reducer and `protocol`), or recreate part of a job's state.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Script};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisError,
+    Script, ScriptInvocation,
+};
 use deadpool_redis::{Manager, Pool, Runtime};
+use tokio_util::sync::CancellationToken;
 
 pub mod keys;
+mod lifecycle;
+mod map_commit;
 pub mod presence;
+mod reduce;
+#[cfg(test)]
+mod test_support;
+mod views;
 
-use crate::config::redact_url;
-use crate::job::{now_ms, JobSpec, JobState, JobStatus};
-use crate::jobs::{MapOutput, ReduceOutput};
+pub use lifecycle::SealOutcome;
+pub use map_commit::CommitOutcome;
+pub use reduce::{BeginReduce, LeaseOutcome, ReduceCommitOutcome, ReduceStart};
+pub use views::{Failure, PartitionProgress};
+
+use crate::config::{redact_url, ConnectionConfig};
+use crate::job::JobState;
 use keys::{JobKeys, Keys};
 
 /// A failure talking to Redis or a job record that makes no sense.
@@ -58,281 +88,99 @@ impl StoreError {
     }
 }
 
-/// What committing a chunk did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// First commit of this chunk; the job is not complete yet.
-    Committed,
-    /// First commit of this chunk, and it completed the map phase: publish reduce tasks.
-    Completed,
-    /// The chunk was already committed; nothing written.
-    Duplicate,
-    /// The job is past the map phase; nothing written. `Reducing` means the map phase is
-    /// complete, so reduce tasks are (re)published in case the completing commit's
-    /// publisher died before publishing them.
-    NotRunning(JobState),
-    /// The job's record is gone (expired, deleted, or Redis lost its data).
-    Missing,
-    /// The chunk id is beyond the job's sealed total: a foreign or corrupt message.
-    OutOfRange { total: u64 },
-    /// Redis lost part of the job's state (restart without persistence, eviction).
-    Lost(String),
+/// How long to wait for a TCP connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+/// The longest pause between attempts of [`Store::connect_retrying`].
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where Redis is and how long to wait for it: the one place a Redis connection is
+/// configured, for the pool and for dedicated connections alike. Its errors carry the URL
+/// with the password redacted.
+#[derive(Clone)]
+pub struct RedisEndpoint {
+    info: ConnectionInfo,
+    redacted_url: String,
+    response_timeout: Duration,
 }
 
-/// What sealing a job (recording its total number of chunks) did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SealOutcome {
-    /// Total recorded; chunks still outstanding.
-    Sealed {
-        committed: u64,
-    },
-    /// Total recorded and every chunk already committed: publish reduce tasks.
-    Completed,
-    NotRunning(JobState),
-    Missing,
-    /// A different total was recorded before (a resumed submit over different input).
-    Mismatch {
-        recorded: u64,
-    },
-    /// The done set holds chunk ids beyond the total.
-    Corrupt(String),
-    /// Redis lost part of the job's state.
-    Lost(String),
+impl std::fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEndpoint")
+            .field("url", &self.redacted_url)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
 }
 
-/// What committing a partition's result did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReduceCommitOutcome {
-    Reduced,
-    /// This was the last partition: the job succeeded.
-    Succeeded,
-    Duplicate,
-    NotReducing(JobState),
-    Missing,
-    /// This reducer's lease was taken over (it stalled past its lease); nothing written.
-    Fenced,
+impl RedisEndpoint {
+    /// Parses `url`; every request on its connections waits at most `response_timeout`.
+    pub fn parse(url: &str, response_timeout: Duration) -> Result<Self, StoreError> {
+        let redacted_url = redact_url(url);
+        let info = url
+            .into_connection_info()
+            .map_err(|source| StoreError::InvalidUrl {
+                url: redacted_url.clone(),
+                source,
+            })?;
+        Ok(RedisEndpoint {
+            info,
+            redacted_url,
+            response_timeout,
+        })
+    }
+
+    fn connection_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.response_timeout))
+    }
+
+    fn connect_error(&self, source: RedisError) -> StoreError {
+        StoreError::Connect {
+            url: self.redacted_url.clone(),
+            source,
+        }
+    }
+
+    /// A dedicated (unpooled) connection, for heartbeats and listings.
+    pub async fn connect(&self) -> Result<MultiplexedConnection, StoreError> {
+        let client =
+            redis::Client::open(self.info.clone()).map_err(|source| StoreError::InvalidUrl {
+                url: self.redacted_url.clone(),
+                source,
+            })?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.connection_config())
+            .await
+            .map_err(|source| self.connect_error(source))
+    }
+
+    fn pool(&self) -> Result<Pool, StoreError> {
+        let manager = Manager::new_with_config(self.info.clone(), self.connection_config())
+            .map_err(|source| StoreError::InvalidUrl {
+                url: self.redacted_url.clone(),
+                source,
+            })?;
+        Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(self.response_timeout))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
 }
 
-/// The outcome of asking for a partition's lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseOutcome {
-    /// Held with this fencing token until it expires or is renewed.
-    Acquired(u64),
-    /// Another reducer holds it for this much longer.
-    Busy(Duration),
-    Missing,
+/// A dedicated Redis connection for heartbeats and listings (see [`RedisEndpoint`]).
+pub async fn connect_dedicated(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<MultiplexedConnection, StoreError> {
+    RedisEndpoint::parse(url, response_timeout)?.connect().await
 }
-
-// Scripts start with a shebang so Redis 7 treats them as strict: every key is declared in
-// KEYS (cluster-safe) and a script is refused before its first write when Redis is out of
-// memory, instead of failing halfway.
-
-static CREATE_JOB: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta. ARGV: spec json, partitions, now_ms
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', 'running', 'partitions', ARGV[2],
-  'created_ms', ARGV[3], 'updated_ms', ARGV[3])
-return 1
-"#,
-    )
-});
-
-static COMMIT_CHUNK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta, done, counters, stats, map:0 .. map:P-1
--- ARGV: chunk, now_ms, redelivered (0/1), n_counters, (name, value) * n_counters,
---       partial_0 .. partial_P-1
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing'} end
-if state == 'running' or state == 'reducing' then
-  redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
-  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], 'redeliveries', 1) end
-end
-if state ~= 'running' then return {'not_running', state} end
-local chunk = ARGV[1]
-local total = redis.call('HGET', KEYS[1], 'total')
-if total and tonumber(chunk) >= tonumber(total) then return {'out_of_range', total} end
-if redis.call('SADD', KEYS[2], chunk) == 0 then
-  redis.call('HINCRBY', KEYS[4], 'duplicates', 1)
-  return {'duplicate'}
-end
--- The done set and the commit count move together; if they disagree, Redis lost keys.
-local committed = redis.call('HINCRBY', KEYS[1], 'committed', 1)
-local members = redis.call('SCARD', KEYS[2])
-if members ~= committed then
-  return {'lost', 'the set of committed chunks has ' .. members .. ' members but ' .. committed .. ' commits were recorded'}
-end
-local n_counters = tonumber(ARGV[4])
-for i = 1, n_counters do
-  redis.call('HINCRBY', KEYS[3], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
-end
--- Only non-empty partials are stored (tiny chunks touch few partitions); the job record
--- counts them per partition so a reducer can tell a lost hash from an empty one.
-local first_partial = 5 + 2 * n_counters
-for k = 5, #KEYS do
-  local partial = ARGV[first_partial + k - 5]
-  if partial ~= '' then
-    redis.call('HSET', KEYS[k], chunk, partial)
-    redis.call('HINCRBY', KEYS[1], 'outputs:' .. (k - 5), 1)
-  end
-end
-redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
-if total and members == tonumber(total) then
-  redis.call('HSET', KEYS[1], 'state', 'reducing', 'reducing_ms', ARGV[2])
-  return {'completed'}
-end
-return {'committed'}
-"#,
-    )
-});
-
-static SEAL_JOB: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta, done. ARGV: total, now_ms
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing'} end
-local recorded = redis.call('HGET', KEYS[1], 'total')
-if recorded and recorded ~= ARGV[1] then return {'mismatch', recorded} end
-if state ~= 'running' then return {'not_running', state} end
-local total = tonumber(ARGV[1])
-local committed = redis.call('SCARD', KEYS[2])
-local recorded_commits = tonumber(redis.call('HGET', KEYS[1], 'committed') or '0')
-if committed ~= recorded_commits then
-  return {'lost', 'the set of committed chunks has ' .. committed .. ' members but ' .. recorded_commits .. ' commits were recorded'}
-end
-if committed > 0 then
-  for _, chunk in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if tonumber(chunk) >= total then
-      return {'corrupt', 'chunk ' .. chunk .. ' was committed but the producer published only ' .. total .. ' chunks (a foreign or corrupt task)'}
-    end
-  end
-end
-redis.call('HSET', KEYS[1], 'total', ARGV[1], 'sealed_ms', ARGV[2], 'updated_ms', ARGV[2])
-if committed == total then
-  redis.call('HSET', KEYS[1], 'state', 'reducing', 'reducing_ms', ARGV[2])
-  return {'completed'}
-end
-return {'sealed', tostring(committed)}
-"#,
-    )
-});
-
-/// Number of fixed keys before the per-partition ones in [`Store::all_job_keys`].
-const FIXED_JOB_KEYS: usize = 6;
-
-/// Shared by the scripts that end a job: delete intermediate data, put a TTL on the rest.
-/// KEYS: meta, done, counters, reduced, stats, errors, map:0..P-1, result:0..P-1.
-const END_JOB_LUA: &str = r#"
-local function end_job(partitions, ttl)
-  redis.call('UNLINK', KEYS[2])
-  for k = 7, 6 + partitions do redis.call('UNLINK', KEYS[k]) end
-  for _, k in ipairs({1, 3, 4, 5, 6}) do redis.call('EXPIRE', KEYS[k], ttl) end
-  for k = 7 + partitions, 6 + 2 * partitions do redis.call('EXPIRE', KEYS[k], ttl) end
-end
-"#;
-
-static COMMIT_PARTITION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"#!lua
-{END_JOB_LUA}
--- KEYS: as end_job, then lease:P. ARGV: partition, result, records, ttl_secs, now_ms, token
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {{'missing'}} end
-if state ~= 'reducing' then return {{'not_reducing', state}} end
-local partition = tonumber(ARGV[1])
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {{'duplicate'}} end
-local lease = KEYS[#KEYS]
-if redis.call('GET', lease) ~= ARGV[6] then return {{'fenced'}} end
-local partitions = tonumber(redis.call('HGET', KEYS[1], 'partitions'))
-redis.call('SET', KEYS[7 + partitions + partition], ARGV[2])
-redis.call('UNLINK', KEYS[7 + partition])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('DEL', lease)
-redis.call('HINCRBY', KEYS[3], 'output_records', ARGV[3])
-redis.call('HSET', KEYS[1], 'updated_ms', ARGV[5])
-if redis.call('SCARD', KEYS[4]) == partitions then
-  redis.call('HSET', KEYS[1], 'state', 'succeeded', 'finished_ms', ARGV[5])
-  end_job(partitions, tonumber(ARGV[4]))
-  return {{'succeeded'}}
-end
-return {{'reduced'}}
-"#
-    ))
-});
-
-static END_JOB: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"#!lua
-{END_JOB_LUA}
--- ARGV: reason, ttl_secs, now_ms, new state ('failed' or 'cancelled')
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-if state ~= 'running' and state ~= 'reducing' then return state end
-local partitions = tonumber(redis.call('HGET', KEYS[1], 'partitions'))
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[1], 'finished_ms', ARGV[3],
-  'updated_ms', ARGV[3])
-end_job(partitions, tonumber(ARGV[2]))
-return 'ended'
-"#
-    ))
-});
-
-static HSET_IF_JOB_EXISTS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta, target hash. ARGV: field, value. Never recreates an ended or lost job.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"#,
-    )
-});
-
-static TOMBSTONE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta. ARGV: spec json, partitions, reason, now_ms, ttl_secs
--- Records that a job whose state Redis lost has failed. Only if nothing is there: it
--- never mixes with (or revives) a job's real state.
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', 'failed', 'partitions', ARGV[2],
-  'reason', ARGV[3], 'created_ms', ARGV[4], 'finished_ms', ARGV[4], 'updated_ms', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-"#,
-    )
-});
-
-static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: meta, lease:P. ARGV: ttl_ms. A new token is larger than every earlier one.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local remaining = redis.call('PTTL', KEYS[2])
-if remaining > 0 then return {'busy', tostring(remaining)} end
-local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('SET', KEYS[2], token, 'PX', ARGV[1])
-return {'acquired', tostring(token)}
-"#,
-    )
-});
-
-static RENEW_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
--- KEYS: lease:P. ARGV: token, ttl_ms
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
 
 /// Access to one namespace's job state in Redis.
 #[derive(Clone)]
@@ -347,6 +195,254 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// One request to Redis, as [`Store::invoke`] sends it.
+enum Request<'a> {
+    Command(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+    Script(&'a ScriptInvocation<'a>),
+}
+
+impl<'a> From<&'a redis::Cmd> for Request<'a> {
+    fn from(command: &'a redis::Cmd) -> Self {
+        Request::Command(command)
+    }
+}
+
+impl<'a> From<&'a mut redis::Cmd> for Request<'a> {
+    fn from(command: &'a mut redis::Cmd) -> Self {
+        Request::Command(command)
+    }
+}
+
+impl<'a> From<&'a redis::Pipeline> for Request<'a> {
+    fn from(pipeline: &'a redis::Pipeline) -> Self {
+        Request::Pipeline(pipeline)
+    }
+}
+
+impl<'a> From<&'a ScriptInvocation<'a>> for Request<'a> {
+    fn from(invocation: &'a ScriptInvocation<'a>) -> Self {
+        Request::Script(invocation)
+    }
+}
+
+/// A pooled connection with a request on it. It goes back to the pool only through
+/// [`Borrowed::give_back`]; dropped otherwise (the request timed out, failed with an I/O
+/// error, or the caller's future was cancelled while waiting for the reply), it is detached
+/// from the pool and closed, because a reply may still be in flight on it.
+struct Borrowed {
+    conn: Option<deadpool_redis::Connection>,
+}
+
+impl Borrowed {
+    fn get(&mut self) -> &mut deadpool_redis::Connection {
+        // Invariant: `conn` is `Some` from construction until `give_back` or drop.
+        self.conn
+            .as_mut()
+            .expect("a borrowed connection is held until given back")
+    }
+
+    fn give_back(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(deadpool_redis::Connection::take(conn));
+        }
+    }
+}
+
+/// Whether the error leaves the connection's state unknown (a reply may still come).
+fn poisons_connection(error: &RedisError) -> bool {
+    error.is_timeout() || error.is_io_error() || error.is_connection_dropped()
+}
+
+impl Store {
+    /// Opens a pool to Redis and checks that it answers.
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let endpoint = RedisEndpoint::parse(url, timeout)?;
+        let store = Store {
+            pool: endpoint.pool()?,
+            keys: Keys::new(namespace),
+        };
+        let pong: Result<String, StoreError> = store.invoke(&redis::cmd("PING")).await;
+        pong.map_err(|e| match e {
+            StoreError::Redis(source) => endpoint.connect_error(source),
+            StoreError::Pool(text) => endpoint.connect_error(RedisError::from((
+                redis::ErrorKind::Io,
+                "connect failed",
+                text,
+            ))),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// Connects to Redis, retrying with capped exponential backoff until it answers;
+    /// `Ok(None)` if `shutdown` comes first. An invalid URL is an error at once.
+    pub async fn connect_retrying(
+        config: &ConnectionConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Store>, StoreError> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match Store::connect(&config.redis_url, &config.namespace, config.redis_timeout).await {
+                Ok(store) => return Ok(Some(store)),
+                Err(error @ StoreError::InvalidUrl { .. }) => return Err(error),
+                Err(error) => {
+                    tracing::error!(error = %error, retry_in = ?backoff, "Redis unavailable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_CONNECT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Sends one request on a pooled connection and reads its reply: the only place a
+    /// connection is taken from the pool. The connection goes back to the pool only after a
+    /// reply (or an error reply) was read; see [`Borrowed`].
+    async fn invoke<'a, T: FromRedisValue>(
+        &self,
+        request: impl Into<Request<'a>>,
+    ) -> Result<T, StoreError> {
+        let conn = self.pool.get().await.map_err(|e| match e {
+            deadpool_redis::PoolError::Backend(e) => StoreError::Redis(e),
+            other => StoreError::Pool(other.to_string()),
+        })?;
+        let mut borrowed = Borrowed { conn: Some(conn) };
+        let reply: Result<T, RedisError> = match request.into() {
+            Request::Command(command) => command.query_async(borrowed.get()).await,
+            Request::Pipeline(pipeline) => pipeline.query_async(borrowed.get()).await,
+            Request::Script(invocation) => invocation.invoke_async(borrowed.get()).await,
+        };
+        match reply {
+            Ok(value) => {
+                borrowed.give_back();
+                Ok(value)
+            }
+            Err(error) => {
+                if !poisons_connection(&error) {
+                    borrowed.give_back();
+                }
+                Err(StoreError::Redis(error))
+            }
+        }
+    }
+
+    /// The keys a script that ends a job needs, by role (see `lua/_end_job.lua`).
+    fn job_keys(job: &JobKeys, partitions: u32) -> ScriptKeys {
+        ScriptKeys::new()
+            .key("meta", job.meta())
+            .key("done", job.chunks_done())
+            .key("counters", job.counters())
+            .key("reduced", job.partitions_reduced())
+            .key("stats", job.stats())
+            .key("errors", job.chunk_errors())
+            .group("map", (0..partitions).map(|p| job.partition_data(p)))
+            .group("result", (0..partitions).map(|p| job.partition_result(p)))
+    }
+
+    /// Warns when Redis may evict keys of running jobs (`allkeys-*` eviction policies):
+    /// jobs would then fail with lost state instead of completing.
+    pub async fn warn_if_evicting(&self) {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("GET").arg("maxmemory-policy");
+        let Ok(values) = self.invoke::<Vec<String>>(&command).await else {
+            return;
+        };
+        if let Some(policy) = values.get(1) {
+            if policy.starts_with("allkeys") {
+                tracing::warn!(
+                    policy = %policy,
+                    "Redis maxmemory-policy may evict keys of running jobs; such jobs will fail \
+                     with lost state. Use noeviction (or volatile-*) for chunkflow's Redis"
+                );
+            }
+        }
+    }
+}
+
+/// The keys of one script invocation, each named by its role, and their layout: a script
+/// gets the layout as `ARGV[1]` and binds `KEYS` by role (`lua/_key_layout.lua`), so the key
+/// list is written once, here, and a script cannot silently read the wrong position.
+#[derive(Debug, Default)]
+struct ScriptKeys {
+    keys: Vec<String>,
+    layout: Vec<String>,
+}
+
+impl ScriptKeys {
+    fn new() -> Self {
+        ScriptKeys::default()
+    }
+
+    /// One key, `K.<role>` in the script.
+    fn key(mut self, role: &'static str, key: String) -> Self {
+        self.layout.push(role.to_string());
+        self.keys.push(key);
+        self
+    }
+
+    /// A group of keys, `K.<role>[0 ..]` in the script (`K.<role>.n` of them).
+    fn group(mut self, role: &'static str, keys: impl IntoIterator<Item = String>) -> Self {
+        let before = self.keys.len();
+        self.keys.extend(keys);
+        self.layout
+            .push(format!("{role}*{}", self.keys.len() - before));
+        self
+    }
+
+    /// An invocation of `script` with these keys and the layout as its first argument; the
+    /// caller adds the script's own arguments.
+    fn invocation(self, script: &Script) -> ScriptInvocation<'_> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys {
+            invocation.key(key);
+        }
+        invocation.arg(self.layout.join(" "));
+        invocation
+    }
+}
+
+/// Shared by every script: binds `KEYS` by the roles named in `ARGV[1]`.
+const KEY_LAYOUT_LUA: &str = include_str!("lua/_key_layout.lua");
+/// Shared by the scripts that end a job.
+const END_JOB_LUA: &str = include_str!("lua/_end_job.lua");
+
+/// Builds a script from its file: the `#!lua` shebang line first (Redis 7 then treats it as
+/// strict: every key declared in KEYS, cluster-safe, and the script refused before its first
+/// write when Redis is out of memory instead of failing halfway), then the shared
+/// fragments, then the script's body.
+fn load_script(source: &str, fragments: &[&str]) -> Script {
+    Script::new(&assemble_script(source, fragments))
+}
+
+fn assemble_script(source: &str, fragments: &[&str]) -> String {
+    let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
+    debug_assert_eq!(shebang, "#!lua", "every script file starts with `#!lua`");
+    let mut text = format!("{shebang}\n{KEY_LAYOUT_LUA}");
+    for fragment in fragments {
+        text.push_str(fragment);
+    }
+    text.push_str(body);
+    text
+}
+
+/// The first element of a script's tagged reply (`{'committed'}`, `{'busy', '1500'}`).
 fn reply_tag(reply: &[String]) -> &str {
     reply.first().map(String::as_str).unwrap_or("")
 }
@@ -367,611 +463,156 @@ fn parse_u64(job: &str, text: Option<&String>) -> Result<u64, StoreError> {
     })
 }
 
-impl Store {
-    /// Opens a pool to Redis and checks that it answers.
-    pub async fn connect(
-        url: &str,
-        namespace: &str,
-        timeout: Duration,
-    ) -> Result<Store, StoreError> {
-        let connect_error = |source| StoreError::Connect {
-            url: redact_url(url),
-            source,
-        };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(timeout));
-        let manager =
-            Manager::new_with_config(url, config).map_err(|source| StoreError::InvalidUrl {
-                url: redact_url(url),
-                source,
-            })?;
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = Store {
-            pool,
-            keys: Keys::new(namespace),
-        };
-        let mut conn = store.conn().await.map_err(|e| match e {
-            StoreError::Redis(source) => connect_error(source),
-            StoreError::Pool(text) => connect_error(RedisError::from((
-                redis::ErrorKind::Io,
-                "connect failed",
-                text,
-            ))),
-            other => other,
-        })?;
-        let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut *conn).await;
-        Self::finish(conn, pong).map_err(|e| match e {
-            StoreError::Redis(source) => connect_error(source),
-            other => other,
-        })?;
-        Ok(store)
-    }
+fn parse_spec(job: &str, json: &str) -> Result<crate::job::JobSpec, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        job: job.to_string(),
+        what: format!("spec is not valid JSON: {e}"),
+    })
+}
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_redis::PoolError::Backend(e) => StoreError::Redis(e),
-            other => StoreError::Pool(other.to_string()),
-        })
-    }
-
-    /// Returns the connection to the pool, unless the command failed in a way that leaves
-    /// the connection's state unknown (timeout, I/O): then it is dropped.
-    fn finish<T>(
-        conn: deadpool_redis::Connection,
-        result: RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        match result {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                if error.is_timeout() || error.is_io_error() || error.is_connection_dropped() {
-                    drop(deadpool_redis::Connection::take(conn));
-                }
-                Err(StoreError::Redis(error))
-            }
-        }
-    }
-
-    fn all_job_keys(job: &JobKeys, partitions: u32) -> Vec<String> {
-        let mut keys = vec![
-            job.meta(),
-            job.chunks_done(),
-            job.counters(),
-            job.partitions_reduced(),
-            job.stats(),
-            job.chunk_errors(),
-        ];
-        debug_assert_eq!(keys.len(), FIXED_JOB_KEYS);
-        keys.extend((0..partitions).map(|p| job.partition_data(p)));
-        keys.extend((0..partitions).map(|p| job.partition_result(p)));
-        keys
-    }
-
-    /// Stores a new job's spec; fails if the id is taken.
-    pub async fn create_job(&self, spec: &JobSpec) -> Result<(), StoreError> {
-        let job = self.keys.job(&spec.id);
-        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            job: spec.id.to_string(),
-            what: e.to_string(),
-        })?;
-        let mut invocation = CREATE_JOB.prepare_invoke();
-        invocation
-            .key(job.meta())
-            .arg(spec_json)
-            .arg(spec.partitions)
-            .arg(spec.created_ms);
-        let mut conn = self.conn().await?;
-        let created: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
-        if Self::finish(conn, created)? == 0 {
-            return Err(StoreError::JobExists(spec.id.to_string()));
-        }
-        let mut conn = self.conn().await?;
-        let indexed: RedisResult<i64> = redis::cmd("ZADD")
-            .arg(self.keys.jobs_index())
-            .arg(spec.created_ms)
-            .arg(spec.id.as_str())
-            .query_async(&mut *conn)
-            .await;
-        Self::finish(conn, indexed)?;
-        Ok(())
-    }
-
-    /// The job's spec, or `None` if the job does not exist.
-    pub async fn load_spec(&self, job_id: &str) -> Result<Option<JobSpec>, StoreError> {
-        let mut conn = self.conn().await?;
-        let spec: RedisResult<Option<String>> = redis::cmd("HGET")
-            .arg(self.keys.job(job_id).meta())
-            .arg("spec")
-            .query_async(&mut *conn)
-            .await;
-        match Self::finish(conn, spec)? {
-            None => Ok(None),
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    job: job_id.to_string(),
-                    what: format!("spec is not valid JSON: {e}"),
-                }),
-        }
-    }
-
-    /// Commits one chunk's output to every partition and marks it done, atomically.
-    pub async fn commit_chunk(
-        &self,
-        spec: &JobSpec,
-        chunk: u64,
-        redelivered: bool,
-        output: &MapOutput,
-    ) -> Result<CommitOutcome, StoreError> {
-        let job = self.keys.job(&spec.id);
-        let mut invocation = COMMIT_CHUNK.prepare_invoke();
-        invocation
-            .key(job.meta())
-            .key(job.chunks_done())
-            .key(job.counters())
-            .key(job.stats());
-        for partition in 0..spec.partitions {
-            invocation.key(job.partition_data(partition));
-        }
-        invocation
-            .arg(chunk)
-            .arg(now_ms())
-            .arg(u8::from(redelivered))
-            .arg(output.counters.len());
-        for (name, value) in &output.counters {
-            invocation.arg(*name).arg(*value);
-        }
-        for partition in 0..spec.partitions as usize {
-            let partial: &[u8] = output.partials.get(partition).map_or(&[], Vec::as_slice);
-            invocation.arg(partial);
-        }
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
-        let reply = Self::finish(conn, reply)?;
-        Ok(match reply_tag(&reply) {
-            "committed" => CommitOutcome::Committed,
-            "completed" => CommitOutcome::Completed,
-            "duplicate" => CommitOutcome::Duplicate,
-            "missing" => CommitOutcome::Missing,
-            "not_running" => CommitOutcome::NotRunning(parse_state(&spec.id, reply.get(1))?),
-            "out_of_range" => CommitOutcome::OutOfRange {
-                total: parse_u64(&spec.id, reply.get(1))?,
-            },
-            "lost" => CommitOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
-            other => {
-                return Err(StoreError::Corrupt {
-                    job: spec.id.to_string(),
-                    what: format!("unexpected commit reply `{other}`"),
-                })
-            }
-        })
-    }
-
-    /// Records the total number of chunks once all are published; detects completion if
-    /// every chunk was already committed.
-    pub async fn seal_job(&self, job_id: &str, total: u64) -> Result<SealOutcome, StoreError> {
-        let job = self.keys.job(job_id);
-        let mut invocation = SEAL_JOB.prepare_invoke();
-        invocation
-            .key(job.meta())
-            .key(job.chunks_done())
-            .arg(total)
-            .arg(now_ms());
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
-        let reply = Self::finish(conn, reply)?;
-        Ok(match reply_tag(&reply) {
-            "sealed" => SealOutcome::Sealed {
-                committed: parse_u64(job_id, reply.get(1))?,
-            },
-            "completed" => SealOutcome::Completed,
-            "missing" => SealOutcome::Missing,
-            "corrupt" => SealOutcome::Corrupt(reply.get(1).cloned().unwrap_or_default()),
-            "lost" => SealOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
-            "not_running" => SealOutcome::NotRunning(parse_state(job_id, reply.get(1))?),
-            "mismatch" => SealOutcome::Mismatch {
-                recorded: parse_u64(job_id, reply.get(1))?,
-            },
-            other => {
-                return Err(StoreError::Corrupt {
-                    job: job_id.to_string(),
-                    what: format!("unexpected seal reply `{other}`"),
-                })
-            }
-        })
-    }
-
-    /// Ends a running or reducing job as `failed` (or `cancelled`) with a reason; returns
-    /// `false` if it had already ended (the first ending wins).
-    pub async fn end_job(
-        &self,
-        spec: &JobSpec,
-        state: JobState,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        debug_assert!(matches!(state, JobState::Failed | JobState::Cancelled));
-        let job = self.keys.job(&spec.id);
-        let mut invocation = END_JOB.prepare_invoke();
-        for key in Self::all_job_keys(&job, spec.partitions) {
-            invocation.key(key);
-        }
-        invocation
-            .arg(reason)
-            .arg(spec.ttl_secs)
-            .arg(now_ms())
-            .arg(state.as_str());
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<String> = invocation.invoke_async(&mut *conn).await;
-        Ok(Self::finish(conn, reply)? == "ended")
-    }
-
-    /// Whether a partition's result is already stored.
-    pub async fn is_reduced(&self, job_id: &str, partition: u32) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<bool> = redis::cmd("SISMEMBER")
-            .arg(self.keys.job(job_id).partitions_reduced())
-            .arg(partition)
-            .query_async(&mut *conn)
-            .await;
-        Self::finish(conn, reply)
-    }
-
-    /// The (non-empty) chunk outputs of one partition, keyed by chunk id, and how many the
-    /// job's record says were committed: fewer present than committed means lost data.
-    pub async fn partition_partials(
-        &self,
-        job_id: &str,
-        partition: u32,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, u64), StoreError> {
-        let job = self.keys.job(job_id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(job.partition_data(partition))
-            .cmd("HGET")
-            .arg(job.meta())
-            .arg(format!("outputs:{partition}"));
-        let mut conn = self.conn().await?;
-        type Reply = (Vec<(String, Vec<u8>)>, Option<u64>);
-        let reply: RedisResult<Reply> = pipe.query_async(&mut *conn).await;
-        let (entries, committed) = Self::finish(conn, reply)?;
-        let entries = entries
-            .into_iter()
-            .map(|(chunk, data)| {
-                chunk
-                    .parse::<u64>()
-                    .map(|chunk| (chunk, data))
-                    .map_err(|_| StoreError::Corrupt {
-                        job: job_id.to_string(),
-                        what: format!(
-                            "partition {partition} has a field `{chunk}` that is not a chunk id"
-                        ),
-                    })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok((entries, committed.unwrap_or(0)))
-    }
-
-    /// Stores a partition's result and marks it reduced, atomically; the last partition
-    /// ends the job.
-    pub async fn commit_partition(
-        &self,
-        spec: &JobSpec,
-        partition: u32,
-        token: u64,
-        output: &ReduceOutput,
-    ) -> Result<ReduceCommitOutcome, StoreError> {
-        let job = self.keys.job(&spec.id);
-        let mut invocation = COMMIT_PARTITION.prepare_invoke();
-        for key in Self::all_job_keys(&job, spec.partitions) {
-            invocation.key(key);
-        }
-        invocation.key(job.partition_lease(partition));
-        invocation
-            .arg(partition)
-            .arg(output.lines.as_slice())
-            .arg(output.records)
-            .arg(spec.ttl_secs)
-            .arg(now_ms())
-            .arg(token);
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
-        let reply = Self::finish(conn, reply)?;
-        Ok(match reply_tag(&reply) {
-            "reduced" => ReduceCommitOutcome::Reduced,
-            "succeeded" => ReduceCommitOutcome::Succeeded,
-            "duplicate" => ReduceCommitOutcome::Duplicate,
-            "missing" => ReduceCommitOutcome::Missing,
-            "fenced" => ReduceCommitOutcome::Fenced,
-            "not_reducing" => {
-                ReduceCommitOutcome::NotReducing(parse_state(&spec.id, reply.get(1))?)
-            }
-            other => {
-                return Err(StoreError::Corrupt {
-                    job: spec.id.to_string(),
-                    what: format!("unexpected reduce reply `{other}`"),
-                })
-            }
-        })
-    }
-
-    /// Records a failed job whose whole record Redis lost (it restarted empty, or evicted
-    /// it), so that `status` shows why and workers drop its remaining tasks. Does nothing if
-    /// any record of the job exists.
-    pub async fn tombstone_lost_job(
-        &self,
-        spec: &JobSpec,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            job: spec.id.to_string(),
-            what: e.to_string(),
-        })?;
-        let mut invocation = TOMBSTONE.prepare_invoke();
-        invocation
-            .key(self.keys.job(&spec.id).meta())
-            .arg(spec_json)
-            .arg(spec.partitions)
-            .arg(reason)
-            .arg(now_ms())
-            .arg(spec.ttl_secs);
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
-        Ok(Self::finish(conn, reply)? == 1)
-    }
-
-    /// Asks for the lease on a partition, valid for `ttl`.
-    pub async fn acquire_lease(
-        &self,
-        job_id: &str,
-        partition: u32,
-        ttl: Duration,
-    ) -> Result<LeaseOutcome, StoreError> {
-        let job = self.keys.job(job_id);
-        let mut invocation = ACQUIRE_LEASE.prepare_invoke();
-        invocation
-            .key(job.meta())
-            .key(job.partition_lease(partition))
-            .arg(ttl.as_millis() as u64);
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<String>> = invocation.invoke_async(&mut *conn).await;
-        let reply = Self::finish(conn, reply)?;
-        Ok(match reply_tag(&reply) {
-            "acquired" => LeaseOutcome::Acquired(parse_u64(job_id, reply.get(1))?),
-            "busy" => LeaseOutcome::Busy(Duration::from_millis(parse_u64(job_id, reply.get(1))?)),
-            _ => LeaseOutcome::Missing,
-        })
-    }
-
-    /// Extends a held lease; `false` if it was lost (expired and perhaps taken over).
-    pub async fn renew_lease(
-        &self,
-        job_id: &str,
-        partition: u32,
-        token: u64,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut invocation = RENEW_LEASE.prepare_invoke();
-        invocation
-            .key(self.keys.job(job_id).partition_lease(partition))
-            .arg(token)
-            .arg(ttl.as_millis() as u64);
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
-        Ok(Self::finish(conn, reply)? == 1)
-    }
-
-    /// Records the last error of a failed attempt at a chunk (for the failure reason).
-    pub async fn record_chunk_error(
-        &self,
-        job_id: &str,
-        chunk: u64,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        let job = self.keys.job(job_id);
-        self.hset_if_job_exists(&job, job.chunk_errors(), &chunk.to_string(), error)
-            .await
-    }
-
-    async fn hset_if_job_exists(
-        &self,
-        job: &JobKeys,
-        hash: String,
-        field: &str,
-        value: &str,
-    ) -> Result<(), StoreError> {
-        let mut invocation = HSET_IF_JOB_EXISTS.prepare_invoke();
-        invocation.key(job.meta()).key(hash).arg(field).arg(value);
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<i64> = invocation.invoke_async(&mut *conn).await;
-        Self::finish(conn, reply).map(|_| ())
-    }
-
-    /// The last recorded error of a chunk, if any.
-    pub async fn chunk_error(
-        &self,
-        job_id: &str,
-        chunk: u64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Option<String>> = redis::cmd("HGET")
-            .arg(self.keys.job(job_id).chunk_errors())
-            .arg(chunk)
-            .query_async(&mut *conn)
-            .await;
-        Self::finish(conn, reply)
-    }
-
-    /// Records that the producer of a job is alive and publishing.
-    pub async fn producer_heartbeat(&self, job_id: &str) -> Result<(), StoreError> {
-        let job = self.keys.job(job_id);
-        self.hset_if_job_exists(&job, job.meta(), "producer_seen_ms", &now_ms().to_string())
-            .await
-    }
-
-    /// Ids of the jobs in the namespace's index, oldest first; drops index entries whose
-    /// job has expired.
-    pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        let reply: RedisResult<Vec<String>> = redis::cmd("ZRANGE")
-            .arg(self.keys.jobs_index())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut *conn)
-            .await;
-        let ids = Self::finish(conn, reply)?;
-        let mut live = Vec::with_capacity(ids.len());
-        for id in ids {
-            let mut conn = self.conn().await?;
-            let exists: RedisResult<bool> = redis::cmd("EXISTS")
-                .arg(self.keys.job(&id).meta())
-                .query_async(&mut *conn)
-                .await;
-            if Self::finish(conn, exists)? {
-                live.push(id);
-            } else {
-                let mut conn = self.conn().await?;
-                let removed: RedisResult<i64> = redis::cmd("ZREM")
-                    .arg(self.keys.jobs_index())
-                    .arg(&id)
-                    .query_async(&mut *conn)
-                    .await;
-                Self::finish(conn, removed)?;
-            }
-        }
-        Ok(live)
-    }
-
-    /// A job's state, sealed total and last producer heartbeat, in one round trip.
-    pub async fn job_progress(
-        &self,
-        job_id: &str,
-    ) -> Result<Option<(JobState, Option<u64>, u64)>, StoreError> {
-        let mut conn = self.conn().await?;
-        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
-        let reply: RedisResult<Fields> = redis::cmd("HMGET")
-            .arg(self.keys.job(job_id).meta())
-            .arg("state")
-            .arg("total")
-            .arg("producer_seen_ms")
-            .arg("created_ms")
-            .query_async(&mut *conn)
-            .await;
-        let (state, total, seen, created) = Self::finish(conn, reply)?;
-        let Some(state) = state else {
-            return Ok(None);
-        };
-        let state = parse_state(job_id, Some(&state))?;
-        Ok(Some((state, total, seen.or(created).unwrap_or(0))))
-    }
-
-    /// Warns when Redis may evict keys of running jobs (`allkeys-*` eviction policies):
-    /// jobs would then fail with lost state instead of completing.
-    pub async fn warn_if_evicting(&self) {
-        let Ok(mut conn) = self.conn().await else {
-            return;
-        };
-        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut *conn)
-            .await;
-        if let Ok(values) = Self::finish(conn, reply) {
-            if let Some(policy) = values.get(1) {
-                if policy.starts_with("allkeys") {
-                    tracing::warn!(
-                        policy = %policy,
-                        "Redis maxmemory-policy may evict keys of running jobs; such jobs will fail \
-                         with lost state. Use noeviction (or volatile-*) for chunkflow's Redis"
-                    );
-                }
-            }
-        }
-    }
-
-    /// The job's state and progress, or `None` if it does not exist.
-    pub async fn status(&self, job_id: &str) -> Result<Option<JobStatus>, StoreError> {
-        let job = self.keys.job(job_id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(job.meta())
-            .cmd("SCARD")
-            .arg(job.chunks_done())
-            .cmd("SCARD")
-            .arg(job.partitions_reduced())
-            .cmd("HGETALL")
-            .arg(job.counters())
-            .cmd("HGETALL")
-            .arg(job.stats());
-        let mut conn = self.conn().await?;
-        type Reply = (
-            BTreeMap<String, String>,
-            u64,
-            u64,
-            BTreeMap<String, u64>,
-            BTreeMap<String, u64>,
-        );
-        let reply: RedisResult<Reply> = pipe.query_async(&mut *conn).await;
-        let (meta, committed, reduced, counters, stats) = Self::finish(conn, reply)?;
-        let Some(spec_json) = meta.get("spec") else {
-            return Ok(None);
-        };
-        let spec: JobSpec = serde_json::from_str(spec_json).map_err(|e| StoreError::Corrupt {
-            job: job_id.to_string(),
-            what: format!("spec is not valid JSON: {e}"),
-        })?;
-        let state = parse_state(job_id, meta.get("state"))?;
-        let total_chunks = meta
-            .get("total")
-            .map(|t| parse_u64(job_id, Some(t)))
-            .transpose()?;
-        // After success the done set is deleted with the intermediate data.
-        let chunks_committed = match (state, total_chunks) {
-            (JobState::Succeeded, Some(total)) => total,
-            _ => committed,
-        };
-        Ok(Some(JobStatus {
-            state,
-            total_chunks,
-            chunks_committed,
-            partitions_reduced: reduced,
-            reason: meta.get("reason").cloned(),
-            counters,
-            stats,
-            created_ms: spec.created_ms,
-            finished_ms: meta.get("finished_ms").and_then(|t| t.parse().ok()),
-            spec,
-        }))
-    }
-
-    /// The stored result of every partition, in partition order; `None` where missing.
-    pub async fn partition_results(
-        &self,
-        job_id: &str,
-        partitions: u32,
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let job = self.keys.job(job_id);
-        let mut results = Vec::with_capacity(partitions as usize);
-        for partition in 0..partitions {
-            let mut conn = self.conn().await?;
-            let reply: RedisResult<Option<Vec<u8>>> = redis::cmd("GET")
-                .arg(job.partition_result(partition))
-                .query_async(&mut *conn)
-                .await;
-            results.push(Self::finish(conn, reply)?);
-        }
-        Ok(results)
+fn unexpected_reply(job: &str, script: &str, tag: &str) -> StoreError {
+    StoreError::Corrupt {
+        job: job.to_string(),
+        what: format!("unexpected {script} reply `{tag}`"),
     }
 }
 
-type RedisResult<T> = Result<T, RedisError>;
+#[cfg(test)]
+mod tests {
+    use super::test_support::TestStore;
+    use super::*;
+
+    #[test]
+    fn layouts_name_every_key_once() {
+        let job = Keys::new("ns").job("j");
+        let keys = Store::job_keys(&job, 3).key("lease", job.partition_lease(1));
+        assert_eq!(keys.keys.len(), 6 + 3 + 3 + 1);
+        assert_eq!(
+            keys.layout.join(" "),
+            "meta done counters reduced stats errors map*3 result*3 lease"
+        );
+    }
+
+    #[test]
+    fn scripts_keep_their_shebang_first() {
+        let text = assemble_script("#!lua\nreturn 1\n", &[END_JOB_LUA]);
+        assert!(text.starts_with("#!lua\n"));
+        assert!(text.ends_with("return 1\n"));
+        assert!(text.contains("local function end_job"));
+    }
+
+    #[test]
+    fn endpoints_redact_passwords_in_errors() {
+        let error = RedisEndpoint::parse("nonsense://:secret@h/0", Duration::from_secs(1))
+            .expect_err("an unknown scheme is refused");
+        assert!(matches!(error, StoreError::InvalidUrl { .. }), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let endpoint =
+            RedisEndpoint::parse("redis://:secret@127.0.0.1:1/0", Duration::from_secs(1))
+                .expect("a valid URL");
+        assert!(!format!("{endpoint:?}").contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_a_transient_connect_error() {
+        let error = Store::connect("redis://127.0.0.1:1/0", "x", Duration::from_secs(1))
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(matches!(error, StoreError::Connect { .. }), "{error}");
+        assert!(error.is_transient());
+        let error = connect_dedicated("redis://:pw@127.0.0.1:1/0", Duration::from_secs(1))
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(matches!(error, StoreError::Connect { .. }), "{error}");
+        assert!(!error.to_string().contains(":pw@"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn connect_retrying_stops_at_shutdown_and_refuses_bad_urls() {
+        let mut config = ConnectionConfig::local("x");
+        config.redis_url = "redis://127.0.0.1:1/0".into();
+        config.redis_timeout = Duration::from_millis(200);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let store = Store::connect_retrying(&config, &shutdown).await;
+        assert!(matches!(store, Ok(None)));
+        config.redis_url = "nonsense://h".into();
+        let store = Store::connect_retrying(&config, &CancellationToken::new()).await;
+        assert!(matches!(store, Err(StoreError::InvalidUrl { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_layout_that_disagrees_with_keys_is_refused_before_any_write() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let script = load_script("#!lua\nredis.call('SET', K.target, '1')\nreturn 1\n", &[]);
+        let target = store.keys.job("j").meta();
+        // Two keys passed, one named.
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&target).key(&target).arg("target");
+        let error = store.invoke::<i64>(&invocation).await.unwrap_err();
+        assert!(error.to_string().contains("names 1 keys but 2"), "{error}");
+        // A role the script needs but the caller did not name.
+        let invocation = ScriptKeys::new()
+            .key("other", target.clone())
+            .invocation(&script);
+        let error = store.invoke::<i64>(&invocation).await.unwrap_err();
+        assert!(error.to_string().contains("`target`"), "{error}");
+        let exists: bool = store
+            .invoke(redis::cmd("EXISTS").arg(&target))
+            .await
+            .unwrap();
+        assert!(!exists, "a refused script wrote nothing");
+        // Script errors are replies: the connection stays usable and pooled.
+        let invocation = ScriptKeys::new()
+            .key("target", target.clone())
+            .invocation(&script);
+        assert_eq!(store.invoke::<i64>(&invocation).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_connection_is_detached_not_reused() {
+        let Some(test) = TestStore::open_with_timeout(Duration::from_millis(200)).await else {
+            return;
+        };
+        let store = &test.store;
+        // A blocking pop on an empty list outlasts the response timeout.
+        let key = store.keys.job("j").meta();
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+        assert_eq!(store.pool.status().size, 1, "a good connection is pooled");
+        let reply: Result<Option<Vec<String>>, _> =
+            store.invoke(redis::cmd("BLPOP").arg(&key).arg(1)).await;
+        let error = reply.expect_err("the reply comes after the timeout");
+        assert!(error.is_transient(), "{error}");
+        assert_eq!(store.pool.status().size, 0, "the timed-out one is detached");
+        // The next request gets a fresh connection and its own reply.
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_detaches_its_connection() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let key = store.keys.job("j").meta();
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+        assert_eq!(store.pool.status().size, 1);
+        let mut blocking = redis::cmd("BLPOP");
+        blocking.arg(&key).arg(2);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            store.invoke::<Option<Vec<String>>>(&blocking),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the request was still waiting");
+        assert_eq!(store.pool.status().size, 0, "its connection left the pool");
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+}

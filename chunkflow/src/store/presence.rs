@@ -8,15 +8,16 @@
 //! of the TTL; a process stopped gracefully deletes its record at once. Readers prune
 //! expired ids from the index, so a killed process leaves nothing behind for long.
 //!
-//! This is observability only: no decision of the pipeline depends on these records.
+//! This is observability only: no decision of the pipeline depends on these records. The
+//! connection these functions take comes from `store::connect_dedicated` (the store's one
+//! connection factory); nothing here opens one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig};
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use serde::Serialize;
 
-use crate::config::redact_url;
 use crate::job::now_ms;
 use crate::store::keys::Keys;
 
@@ -112,19 +113,6 @@ pub fn service_id(role: &str, host: &str) -> String {
         std::process::id(),
         random & 0xffff
     )
-}
-
-/// Opens a Redis connection for heartbeats and listings.
-pub async fn connect(url: &str, timeout: Duration) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url)
-        .map_err(|e| format!("invalid Redis URL {}: {e}", redact_url(url)))?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact_url(url)))
 }
 
 /// Writes (or renews) a heartbeat record that lives `ttl`.
