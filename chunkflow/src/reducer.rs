@@ -59,7 +59,7 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         return Ok(());
     };
     store.warn_if_evicting().await;
-    let topology = Topology::new(&config.connection.namespace);
+    let topology = Topology::for_connection(&config.connection);
     let settings = ConsumerSettings {
         role: "reducer",
         queue: topology.reduce_queue(),

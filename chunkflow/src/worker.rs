@@ -62,7 +62,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         return Ok(());
     };
     store.warn_if_evicting().await;
-    let topology = Topology::new(&config.connection.namespace);
+    let topology = Topology::for_connection(&config.connection);
     let settings = ConsumerSettings {
         role: "worker",
         queue: topology.map_queue(),
