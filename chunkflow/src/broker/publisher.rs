@@ -331,6 +331,19 @@ pub struct ReconnectingPublisher {
 /// Nacked messages are republished on a new channel at most this many times in a row.
 const MAX_NACK_RECOVERIES: u32 = 5;
 
+/// Whether `error` is worth a reconnect and replay: a lost or silent connection always, a
+/// nack a few times in a row (`nacks_in_a_row` recoveries so far; then it is reported).
+/// Returns (no queue), oversized messages and giving up are reported at once.
+fn worth_recovering(error: &PublishError, nacks_in_a_row: u32) -> bool {
+    match error {
+        PublishError::Broker { .. } | PublishError::Unanswered(_) => true,
+        PublishError::Nacked { .. } => nacks_in_a_row < MAX_NACK_RECOVERIES,
+        PublishError::Returned { .. }
+        | PublishError::TooLarge { .. }
+        | PublishError::GaveUp { .. } => false,
+    }
+}
+
 /// Why a (re)connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconnectError {
@@ -381,17 +394,13 @@ impl ReconnectingPublisher {
         self.reconnects
     }
 
-    /// Whether `error` is worth a reconnect and replay: a lost or silent connection always,
-    /// a nack a few times in a row (then it is reported).
+    /// Whether `error` is worth a reconnect and replay (counting nack recoveries).
     fn recoverable(&mut self, error: &PublishError) -> bool {
-        match error {
-            PublishError::Broker { .. } | PublishError::Unanswered(_) => true,
-            PublishError::Nacked { .. } if self.nack_recoveries < MAX_NACK_RECOVERIES => {
-                self.nack_recoveries += 1;
-                true
-            }
-            _ => false,
+        let recoverable = worth_recovering(error, self.nack_recoveries);
+        if recoverable && matches!(error, PublishError::Nacked { .. }) {
+            self.nack_recoveries += 1;
         }
+        recoverable
     }
 
     /// Reconnects and replays unconfirmed messages, until it works or time runs out.
@@ -514,4 +523,81 @@ impl ReconnectingPublisher {
 /// connection being replaced may be the one that stopped answering).
 pub async fn close_within(connection: &Connection, reason: &str, deadline: &BrokerDeadline) {
     let _ = tokio::time::timeout(deadline.timeout(), connection.close(200, reason.into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::REDUCE_TASK_TYPE;
+
+    #[test]
+    fn one_reduce_task_per_partition_on_the_reduce_queue() {
+        let topology = Topology::new("ns");
+        let job = JobId::parse("j1").unwrap();
+        let messages: Vec<Pending> = reduce_task_messages(&topology, &job, 3).collect();
+        assert_eq!(messages.len(), 3);
+        for (partition, message) in messages.iter().enumerate() {
+            assert_eq!(message.queue, "ns.reduce");
+            let task = ReduceTask::decode(&message.properties, &message.body).unwrap();
+            assert_eq!(task.job_id, job);
+            assert_eq!(task.partition, partition as u32);
+            assert_eq!(message.what, format!("reduce task {}", task.message_id()));
+            assert_eq!(
+                message.properties.kind().as_ref().map(|k| k.as_str()),
+                Some(REDUCE_TASK_TYPE)
+            );
+            assert_eq!(message.properties.delivery_mode(), &Some(2), "persistent");
+        }
+        assert_eq!(reduce_task_messages(&topology, &job, 0).count(), 0);
+    }
+
+    #[test]
+    fn lost_or_silent_connections_are_recovered_and_nacks_a_few_times() {
+        let broker = PublishError::Broker {
+            what: "chunk 1".into(),
+            source: lapin::Error::from(lapin::ErrorKind::InvalidChannel(1)),
+        };
+        let silent =
+            PublishError::Unanswered(BrokerDeadline::default().timed_out("confirm of chunk 1"));
+        let nacked = PublishError::Nacked {
+            what: "chunk 1".into(),
+        };
+        for nacks in [0, MAX_NACK_RECOVERIES, 100] {
+            assert!(worth_recovering(&broker, nacks));
+            assert!(worth_recovering(&silent, nacks));
+        }
+        assert!(worth_recovering(&nacked, 0));
+        assert!(worth_recovering(&nacked, MAX_NACK_RECOVERIES - 1));
+        assert!(!worth_recovering(&nacked, MAX_NACK_RECOVERIES));
+        let returned = PublishError::Returned {
+            what: "chunk 1".into(),
+            code: 312,
+            text: "NO_ROUTE".into(),
+        };
+        let too_large = PublishError::TooLarge {
+            what: "chunk 1".into(),
+            size: MAX_MESSAGE_BYTES + 1,
+        };
+        let gave_up = PublishError::GaveUp {
+            after: std::time::Duration::from_secs(1),
+            cause: "x".into(),
+        };
+        for error in [returned, too_large, gave_up] {
+            assert!(!worth_recovering(&error, 0), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_silent_confirm_names_the_message_and_the_wait() {
+        let deadline = BrokerDeadline::new(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            std::time::Duration::from_secs(30),
+        );
+        let error =
+            PublishError::Unanswered(deadline.timed_out("confirm of reduce task j1/reduce/0"));
+        assert_eq!(
+            error.to_string(),
+            "RabbitMQ at amqp://guest:***@127.0.0.1:5672/%2f did not answer `confirm of reduce task j1/reduce/0` within 30s"
+        );
+    }
 }
