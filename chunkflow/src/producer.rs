@@ -104,7 +104,7 @@ pub enum ProducerError {
     Protocol { job: String, what: String },
     #[error("the job failed: {0}")]
     Local(String),
-    #[error("the map queue {queue} still held {ready} chunks (room is below {limit}) after {after:?} without draining: are any workers running? (start workers, or raise --max-queued-bytes)")]
+    #[error("the map queue {queue} did not drain for {after:?}: it holds {ready} chunks and publishing waits while it holds {limit} or more. Are any workers running? (start workers, or raise --max-queued-bytes)")]
     QueueFull {
         queue: String,
         ready: u32,

@@ -31,12 +31,13 @@ pub enum BrokerError {
         what: String,
         after: Duration,
     },
-    // The cause is in the message, not the source: `{:#}` would print it twice.
+    // The cause is in the message, not the source: `{:#}` would print it twice. Boxed:
+    // errors travel in `Result`s on every path, keep them small.
     #[error("{broker} failed `{what}`: {cause}")]
     Failed {
         broker: String,
         what: String,
-        cause: lapin::Error,
+        cause: Box<lapin::Error>,
     },
 }
 
@@ -89,7 +90,7 @@ impl BrokerDeadline {
             Ok(Err(cause)) => Err(BrokerError::Failed {
                 broker: self.broker.clone(),
                 what: what.into(),
-                cause,
+                cause: Box::new(cause),
             }),
             Err(_elapsed) => Err(self.timed_out(what)),
         }

@@ -497,7 +497,7 @@ impl ReconnectingPublisher {
                     let error = match error {
                         BrokerError::Failed { cause, .. } => PublishError::Broker {
                             what: format!("depth of queue {queue}"),
-                            source: cause,
+                            source: *cause,
                         },
                         timed_out @ BrokerError::TimedOut { .. } => {
                             PublishError::Unanswered(timed_out)
