@@ -36,6 +36,11 @@ pub struct ConnectionArgs {
     /// How long to wait for one Redis reply before giving up (e.g. 500ms, 30s).
     #[arg(long, global = true, env = "CHUNKFLOW_REDIS_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+
+    /// How long to wait for RabbitMQ to answer one operation (connect, declare, consume,
+    /// a publisher confirm) before giving up on it (e.g. 10s, 2m).
+    #[arg(long, global = true, env = "CHUNKFLOW_BROKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub broker_timeout: Duration,
 }
 
 impl std::fmt::Debug for ConnectionArgs {
@@ -45,6 +50,7 @@ impl std::fmt::Debug for ConnectionArgs {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("namespace", &self.namespace)
             .field("redis_timeout", &self.redis_timeout)
+            .field("broker_timeout", &self.broker_timeout)
             .finish()
     }
 }
@@ -57,6 +63,7 @@ impl ConnectionArgs {
             redis_url: self.redis_url.clone(),
             namespace: self.namespace.clone(),
             redis_timeout: self.redis_timeout,
+            broker_timeout: self.broker_timeout,
         }
     }
 }

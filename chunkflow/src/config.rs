@@ -24,6 +24,9 @@ pub struct ConnectionConfig {
     pub namespace: String,
     /// How long to wait for one Redis reply before giving up.
     pub redis_timeout: Duration,
+    /// How long to wait for RabbitMQ to answer one operation (connect, declare, consume,
+    /// a publisher confirm) before giving up on it.
+    pub broker_timeout: Duration,
 }
 
 impl std::fmt::Debug for ConnectionConfig {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("namespace", &self.namespace)
             .field("redis_timeout", &self.redis_timeout)
+            .field("broker_timeout", &self.broker_timeout)
             .finish()
     }
 }
@@ -45,6 +49,7 @@ impl ConnectionConfig {
             redis_url: DEFAULT_REDIS_URL.to_string(),
             namespace: namespace.to_string(),
             redis_timeout: Duration::from_secs(30),
+            broker_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -25,10 +25,12 @@
 //! | [`store`] | every Redis read and write: key schema, commit scripts, views, heartbeats |
 //! | [`broker`] | RabbitMQ: topology, connections, publishing with confirms, the consume loop |
 //! | [`metrics`], [`health`] | metric names and hooks; a service's own health state |
+//! | [`backoff`] | capped exponential backoff, the one way retries wait |
 //! | [`worker`], [`reducer`], [`producer`] | the three roles: I/O shells over the protocol |
 //! | [`local`] | the local runner: the same job code in one process, the tests' reference |
 //! | [`fault`] | test-only fault injection (the `fault-injection` feature) |
 
+pub mod backoff;
 pub mod broker;
 pub mod chunker;
 pub mod codec;

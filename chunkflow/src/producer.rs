@@ -8,6 +8,10 @@
 //! Memory stays bounded whatever the input size: a reader thread cuts chunks into a channel
 //! of two; the publisher keeps at most `max_unconfirmed_bytes` unconfirmed; and when the
 //! map queue holds more than `max_queued_bytes` the producer waits for workers to drain it.
+//!
+//! No wait is unbounded: every broker operation has the connection's `broker_timeout`, Redis
+//! retries stop after about two minutes, and a map queue that does not drain for
+//! [`QUEUE_ROOM_TIMEOUT`] fails the submit naming the queue.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::broker::publisher::ReconnectError;
 use crate::broker::publisher::{
     reduce_task_messages, Pending, PublishError, ReconnectingPublisher,
@@ -36,6 +41,8 @@ use crate::store::{SealOutcome, Store, StoreError};
 pub const MAX_PARTITIONS: u32 = 4096;
 /// Largest accepted `--chunk-size` and `--max-record-size`: a chunk must fit in one message.
 pub const MAX_CHUNK_BYTES: u64 = 100 * 1024 * 1024;
+/// How long the producer waits for a full map queue to drain at all before giving up.
+pub const QUEUE_ROOM_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// What to submit.
 #[derive(Debug, Clone)]
@@ -97,6 +104,13 @@ pub enum ProducerError {
     Protocol { job: String, what: String },
     #[error("the job failed: {0}")]
     Local(String),
+    #[error("the map queue {queue} did not drain for {after:?}: it holds {ready} chunks and publishing waits while it holds {limit} or more. Are any workers running? (start workers, or raise --max-queued-bytes)")]
+    QueueFull {
+        queue: String,
+        ready: u32,
+        limit: u64,
+        after: Duration,
+    },
 }
 
 // Not `#[from]`: that would also make the job error the source, and `{:#}` would print it
@@ -255,7 +269,7 @@ impl Submission {
             connection_args.redis_timeout,
         )
         .await?;
-        let topology = Topology::new(&connection_args.namespace);
+        let topology = Topology::for_connection(connection_args);
         let publisher = ReconnectingPublisher::connect(
             &connection_args.amqp_url,
             "producer",
@@ -513,13 +527,12 @@ where
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match operation().await {
             Err(error) if error.is_transient() && started.elapsed() < Duration::from_secs(120) => {
-                tracing::warn!(error = %error, retry_in = ?pause, "{what}: Redis unavailable; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %error, retry_in = ?backoff.current(), "{what}: Redis unavailable; retrying");
+                backoff.wait().await;
             }
             other => return other,
         }
@@ -527,7 +540,8 @@ where
 }
 
 /// Waits while the map queue holds `limit_messages` or more chunks (checked every quarter
-/// of `--max-queued-bytes` published).
+/// of `--max-queued-bytes` published); fails if the queue does not shrink for
+/// [`QUEUE_ROOM_TIMEOUT`].
 async fn wait_for_queue_room(
     publisher: &mut ReconnectingPublisher,
     queue: &str,
@@ -536,15 +550,51 @@ async fn wait_for_queue_room(
     // Messages still unconfirmed are not in the queue's count yet: wait for their confirms
     // first, or a fast producer would outrun the count and never pause.
     publisher.flush().await?;
-    let mut pause = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut drain = DrainWatch::new(QUEUE_ROOM_TIMEOUT);
     loop {
         let ready = publisher.ready_messages(queue).await?;
         if u64::from(ready) < limit_messages {
             return Ok(());
         }
+        if drain.stalled(ready, Instant::now()) {
+            return Err(ProducerError::QueueFull {
+                queue: queue.to_string(),
+                ready,
+                limit: limit_messages,
+                after: QUEUE_ROOM_TIMEOUT,
+            });
+        }
         tracing::debug!(ready, limit_messages, "map queue full; waiting for workers");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        backoff.wait().await;
+    }
+}
+
+/// Whether a queue has stopped draining: `stall` has passed since its depth last fell.
+#[derive(Debug)]
+struct DrainWatch {
+    stall: Duration,
+    lowest: Option<u32>,
+    since: Option<Instant>,
+}
+
+impl DrainWatch {
+    fn new(stall: Duration) -> Self {
+        DrainWatch {
+            stall,
+            lowest: None,
+            since: None,
+        }
+    }
+
+    /// Records a depth seen at `now`; true once the depth has not fallen for `stall`.
+    fn stalled(&mut self, ready: u32, now: Instant) -> bool {
+        if self.lowest.is_none_or(|lowest| ready < lowest) {
+            self.lowest = Some(ready);
+            self.since = Some(now);
+        }
+        self.since
+            .is_some_and(|since| now.saturating_duration_since(since) >= self.stall)
     }
 }
 
@@ -683,6 +733,31 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_418), (2025, 11, 26));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_queue_stalls_only_when_it_stops_draining() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut watch = DrainWatch::new(Duration::from_secs(10));
+        assert!(!watch.stalled(100, at(0)));
+        assert!(!watch.stalled(100, at(9)));
+        // It drained a little: the clock starts again.
+        assert!(!watch.stalled(99, at(9)));
+        assert!(!watch.stalled(120, at(18)), "growth is not draining");
+        assert!(watch.stalled(99, at(19)));
+    }
+
+    #[test]
+    fn a_full_queue_error_names_the_queue() {
+        let error = ProducerError::QueueFull {
+            queue: "ns.map".into(),
+            ready: 40,
+            limit: 32,
+            after: QUEUE_ROOM_TIMEOUT,
+        };
+        let text = error.to_string();
+        assert!(text.contains("ns.map") && text.contains("600s"), "{text}");
     }
 
     #[test]

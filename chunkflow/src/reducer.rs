@@ -13,10 +13,18 @@
 //! job: if Redis lost intermediate data, the job fails saying so, rather than producing a
 //! silently wrong result.
 //!
-//! Reducers also run the janitor: a job whose producer stopped publishing (it died before
-//! sealing the job) and has not been heard from for `producer_timeout` is failed, with a
-//! reason that says how to resume it.
+//! Reducers also run the `janitor`: a job whose producer stopped publishing (it died
+//! before sealing the job) and has not been heard from for `producer_timeout` is failed,
+//! with a reason that says how to resume it.
+//!
+//! This file is the I/O shell: it reads the job, takes the lease, runs the job code,
+//! commits, and carries out what [`crate::protocol::reduce`] decides at each step; every
+//! decision and every failure text lives there.
 
+mod janitor;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -27,12 +35,12 @@ use crate::broker::publisher::Publisher;
 use crate::broker::topology::Topology;
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
-use crate::job::{now_ms, JobState};
-use crate::jobs::{JobRegistry, JobSpec};
+use crate::job::JobState;
+use crate::jobs::{Job, JobRegistry, JobSpec};
 use crate::protocol::messages::ReduceTask;
-use crate::protocol::Disposition;
-use crate::protocol::{lost_state_reason, panic_message, store_disposition};
-use crate::store::{LeaseOutcome, ReduceCommitOutcome, Store, StoreError};
+use crate::protocol::reduce::{self, ReduceAction};
+use crate::protocol::{store_disposition, Disposition};
+use crate::store::{Store, StoreError};
 
 /// Reducer settings.
 #[derive(Debug, Clone)]
@@ -59,7 +67,7 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         return Ok(());
     };
     store.warn_if_evicting().await;
-    let topology = Topology::new(&config.connection.namespace);
+    let topology = Topology::for_connection(&config.connection);
     let settings = ConsumerSettings {
         role: "reducer",
         queue: topology.reduce_queue(),
@@ -68,7 +76,7 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         grace_period: config.grace_period,
         health: config.health.clone(),
     };
-    let janitor = tokio::spawn(run_janitor(
+    let janitor = tokio::spawn(janitor::run(
         store.clone(),
         config.producer_timeout,
         shutdown.clone(),
@@ -87,48 +95,6 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
     result
 }
 
-/// Fails running jobs whose producer vanished before sealing them.
-async fn run_janitor(store: Store, producer_timeout: Duration, shutdown: CancellationToken) {
-    let period = (producer_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
-    while service::pause(period, &shutdown).await {
-        if let Err(error) = sweep_abandoned_jobs(&store, producer_timeout).await {
-            tracing::warn!(error = %error, "janitor sweep failed; will retry");
-        }
-    }
-}
-
-async fn sweep_abandoned_jobs(store: &Store, producer_timeout: Duration) -> Result<(), StoreError> {
-    let now = now_ms();
-    for job_id in store.job_ids().await? {
-        let Some((state, total, last_seen_ms)) = store.job_progress(&job_id).await? else {
-            continue;
-        };
-        let silent_ms = now.saturating_sub(last_seen_ms);
-        if state != JobState::Running
-            || total.is_some()
-            || silent_ms < producer_timeout.as_millis() as u64
-        {
-            continue;
-        }
-        let Some(status) = store.status(&job_id).await? else {
-            continue;
-        };
-        let reason = format!(
-            "the producer stopped publishing before all chunks were sent (silent for {:.0}s, \
-             past the {:?} producer timeout); re-submit the job",
-            silent_ms as f64 / 1000.0,
-            producer_timeout
-        );
-        if store
-            .end_job(&status.spec, JobState::Failed, &reason)
-            .await?
-        {
-            tracing::warn!(job_id = %job_id, "failed a job whose producer vanished");
-        }
-    }
-    Ok(())
-}
-
 struct ReduceHandler {
     store: Store,
     registry: JobRegistry,
@@ -137,61 +103,48 @@ struct ReduceHandler {
 }
 
 impl ReduceHandler {
-    async fn fail_job(&self, spec: &JobSpec, reason: String) -> Disposition {
-        tracing::error!(job_id = %spec.id, reason = %reason, "failing job");
-        match self.store.end_job(spec, JobState::Failed, &reason).await {
-            Ok(_) => Disposition::Ack,
-            Err(error) => store_disposition(error),
-        }
-    }
-
+    /// Loads the task's job, decides the delivery step by step, and carries the decision
+    /// out.
     async fn process(&mut self, task: ReduceTask) -> Result<Disposition, StoreError> {
         let Some(status) = self.store.status(&task.job_id).await? else {
-            return Ok(Disposition::DeadLetter(format!(
-                "job `{}` does not exist in this namespace (expired, or lost by Redis)",
-                task.job_id
+            return Ok(Disposition::DeadLetter(reduce::missing_job_reason(
+                &task.job_id,
             )));
         };
-        let spec = status.spec;
-        if task.partition >= spec.partitions {
-            return Ok(Disposition::DeadLetter(format!(
-                "partition {} is beyond the job's {} partitions",
-                task.partition, spec.partitions
-            )));
+        let total = status.total_chunks.unwrap_or(0);
+        let action = self
+            .lease_and_reduce(task.partition, &status.spec, status.state, total)
+            .await?;
+        Ok(self.carry_out(action, &status.spec).await)
+    }
+
+    /// Checks the task, takes the partition's lease, and reduces under it (renewing it);
+    /// ends in what to do with the delivery.
+    async fn lease_and_reduce(
+        &mut self,
+        partition: u32,
+        spec: &JobSpec,
+        state: JobState,
+        total: u64,
+    ) -> Result<ReduceAction, StoreError> {
+        if let ControlFlow::Break(action) = reduce::on_task(partition, spec.partitions, state) {
+            return Ok(action);
         }
-        if status.state != JobState::Reducing {
-            tracing::info!(state = %status.state, "reduce task for a job that is not reducing; dropping");
-            return Ok(Disposition::Ack);
-        }
-        if self.store.is_reduced(&spec.id, task.partition).await? {
-            crate::metrics::duplicate("reducer");
-            tracing::info!("partition already reduced; dropping duplicate task");
-            return Ok(Disposition::Ack);
+        let reduced = self.store.is_reduced(&spec.id, partition).await?;
+        if let ControlFlow::Break(action) = reduce::on_reduced(reduced) {
+            return Ok(action);
         }
         let code = match self.registry.build(&spec.kind, &spec.params) {
             Ok(code) => code,
-            Err(error) => {
-                return Ok(self
-                    .fail_job(
-                        &spec,
-                        format!("job code cannot be built by this reducer: {error}"),
-                    )
-                    .await)
-            }
+            Err(error) => return Ok(reduce::unbuildable(&error)),
         };
-        let partition = task.partition;
-        let token = match self
+        let leased = self
             .store
             .acquire_lease(&spec.id, partition, self.lease)
-            .await?
-        {
-            LeaseOutcome::Acquired(token) => token,
-            LeaseOutcome::Busy(remaining) => {
-                return Ok(Disposition::Retry(format!(
-                    "partition {partition} is leased by another reducer for {remaining:?} more"
-                )))
-            }
-            LeaseOutcome::Missing => return Ok(Disposition::Ack),
+            .await?;
+        let token = match reduce::after_lease(leased, partition) {
+            ControlFlow::Continue(token) => token,
+            ControlFlow::Break(action) => return Ok(action),
         };
         tracing::debug!(token, "lease acquired");
         // Keep the lease while working; a stalled process stops renewing and loses it.
@@ -214,13 +167,7 @@ impl ReduceHandler {
             })
         };
         let result = self
-            .reduce_and_commit(
-                &spec,
-                status.total_chunks.unwrap_or(0),
-                partition,
-                token,
-                code,
-            )
+            .reduce_and_commit(spec, total, partition, token, code)
             .await;
         renewer.abort();
         result
@@ -232,21 +179,19 @@ impl ReduceHandler {
         total: u64,
         partition: u32,
         token: u64,
-        code: std::sync::Arc<dyn crate::jobs::Job>,
-    ) -> Result<Disposition, StoreError> {
+        code: Arc<dyn Job>,
+    ) -> Result<ReduceAction, StoreError> {
         let (partials, committed) = self.store.partition_partials(&spec.id, partition).await?;
-        let complete =
-            partials.len() as u64 == committed && partials.iter().all(|(chunk, _)| *chunk < total);
-        if !complete {
+        let held = partials.iter().map(|(chunk, _)| *chunk);
+        if !reduce::partition_is_complete(held, committed, total) {
             // A concurrent reducer may have finished this partition and deleted its data.
-            if self.store.is_reduced(&spec.id, partition).await? {
-                return Ok(Disposition::Ack);
-            }
-            let detail = format!(
-                "partition {partition} holds {} of the {committed} chunk outputs committed to it",
-                partials.len()
-            );
-            return Ok(self.fail_job(spec, lost_state_reason(&detail)).await);
+            let reduced = self.store.is_reduced(&spec.id, partition).await?;
+            return Ok(reduce::on_incomplete(
+                partition,
+                partials.len(),
+                committed,
+                reduced,
+            ));
         }
         if self.faults.reduce_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.faults.reduce_delay_ms)).await;
@@ -260,27 +205,12 @@ impl ReduceHandler {
         crate::metrics::partition_reduced(reduce_started.elapsed());
         let output = match reduced {
             Ok(Ok(output)) => output,
-            Ok(Err(error)) => {
-                return Ok(self
-                    .fail_job(
-                        spec,
-                        format!("reduce failed on partition {partition}: {error}"),
-                    )
-                    .await)
+            Ok(Err(error)) => return Ok(reduce::reduce_refused(partition, &error)),
+            Err(join_error) if join_error.is_panic() => {
+                let payload = join_error.into_panic();
+                return Ok(reduce::reduce_crashed(partition, Some(&*payload)));
             }
-            Err(join_error) => {
-                let cause = if join_error.is_panic() {
-                    panic_message(&*join_error.into_panic())
-                } else {
-                    "cancelled".to_string()
-                };
-                return Ok(self
-                    .fail_job(
-                        spec,
-                        format!("reduce panicked on partition {partition}: {cause}"),
-                    )
-                    .await);
-            }
+            Err(_cancelled) => return Ok(reduce::reduce_crashed(partition, None)),
         };
         let commit_started = std::time::Instant::now();
         let outcome = self
@@ -288,33 +218,36 @@ impl ReduceHandler {
             .commit_partition(spec, partition, token, &output)
             .await;
         crate::metrics::committed("reducer", commit_started.elapsed());
-        let outcome = outcome?;
-        Ok(match outcome {
-            ReduceCommitOutcome::Reduced => Disposition::Ack,
-            ReduceCommitOutcome::Succeeded => {
+        Ok(reduce::after_commit(outcome?, &spec.id, partition, token))
+    }
+
+    /// Carries out a decision: the only place a reduce task fails its job.
+    async fn carry_out(&self, action: ReduceAction, spec: &JobSpec) -> Disposition {
+        match action {
+            ReduceAction::Ack => Disposition::Ack,
+            ReduceAction::Succeeded => {
                 tracing::info!("last partition reduced; job succeeded");
                 Disposition::Ack
             }
-            ReduceCommitOutcome::Duplicate => {
+            ReduceAction::DropDuplicate => {
                 crate::metrics::duplicate("reducer");
+                tracing::info!("partition already reduced; dropping duplicate task");
                 Disposition::Ack
             }
-            ReduceCommitOutcome::Fenced => {
-                // Requeue rather than ack: the redelivery finds the partition reduced by the
-                // lease's new holder, or, if that one died too, reduces it again.
-                Disposition::Retry(format!(
-                    "lease token {token} on partition {partition} was taken over while reducing; result discarded"
-                ))
-            }
-            ReduceCommitOutcome::NotReducing(state) => {
-                tracing::info!(%state, "job ended while reducing; dropping result");
+            ReduceAction::DropNotReducing(state) => {
+                tracing::info!(%state, "reduce task for a job that is not reducing; dropping");
                 Disposition::Ack
             }
-            ReduceCommitOutcome::Missing => Disposition::DeadLetter(format!(
-                "job `{}` vanished from Redis while reducing",
-                spec.id
-            )),
-        })
+            ReduceAction::FailJob(reason) => {
+                tracing::error!(job_id = %spec.id, reason = %reason, "failing job");
+                match self.store.end_job(spec, JobState::Failed, &reason).await {
+                    Ok(_) => Disposition::Ack,
+                    Err(error) => store_disposition(error),
+                }
+            }
+            ReduceAction::Retry(reason) => Disposition::Retry(reason),
+            ReduceAction::DeadLetter(reason) => Disposition::DeadLetter(reason),
+        }
     }
 }
 

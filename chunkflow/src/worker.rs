@@ -3,6 +3,10 @@
 //! and acks only after that commit. The commit that completes the map phase publishes the
 //! reduce tasks, with confirms, before its delivery is acked.
 //!
+//! This file is the I/O shell: it loads the job (through its `job_cache`), runs the job
+//! code, commits, and carries out what [`crate::protocol::map`] decides at each step; every
+//! decision and every failure text lives there.
+//!
 //! What it must not do: ack before the commit, count a chunk twice (the commit script
 //! refuses a second commit of a chunk), run job code on the async reactor, or die on a bad
 //! message (undecodable tasks go to the dead-letter queue and the loop carries on).
@@ -11,9 +15,16 @@
 //! requeue, up to `max_attempts` deliveries of the chunk (counted by the quorum queue, so
 //! a worker that dies on the chunk counts too), then the job fails naming the chunk and the
 //! last error, and the task is dead-lettered; an error returned by job code (bad input under
-//! a fail policy) → the job fails at once; a task of an ended job → acked and dropped.
+//! a fail policy) → the job fails at once and the task is dead-lettered; job code this
+//! worker cannot build → the job fails; Redis lost part of the job's state → the job fails;
+//! a body larger than the job's chunks, a chunk beyond the job's total, or a job that does
+//! not exist → dead-lettered; reduce tasks not confirmed (a nack, a lost channel, or no
+//! confirm within the broker deadline) → requeue, and the redelivery publishes them again;
+//! a task of an ended job → acked and dropped.
 
-use std::collections::HashMap;
+mod job_cache;
+
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,17 +38,15 @@ use crate::config::ConnectionConfig;
 use crate::fault::Faults;
 use crate::health::ServiceHealth;
 use crate::job::JobState;
-use crate::jobs::{ChunkContext, Job, JobRegistry, JobSpec};
+use crate::jobs::{ChunkContext, JobRegistry, JobSpec};
+use crate::protocol::map::{self, Attempt, MapAction};
 use crate::protocol::messages::MapTask;
-use crate::protocol::Disposition;
-use crate::protocol::{lost_state_reason, panic_message, store_disposition};
-use crate::store::{CommitOutcome, Store};
+use crate::protocol::{store_disposition, Disposition};
+use crate::store::{CommitOutcome, Store, StoreError};
+use job_cache::{JobCache, Loaded, LoadedJob};
 
 /// Largest accepted `max_attempts`: the queue's own delivery limit must stay a backstop.
 pub const MAX_ATTEMPTS_LIMIT: u32 = crate::broker::topology::DELIVERY_LIMIT as u32 - 1;
-
-/// How stale a job's cached state may be before a task re-reads it (cancel latency).
-const STATE_REFRESH: Duration = Duration::from_millis(250);
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -62,7 +71,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         return Ok(());
     };
     store.warn_if_evicting().await;
-    let topology = Topology::new(&config.connection.namespace);
+    let topology = Topology::for_connection(&config.connection);
     let settings = ConsumerSettings {
         role: "worker",
         queue: topology.map_queue(),
@@ -78,7 +87,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             store: store.clone(),
             registry: config.registry.clone(),
             topology: topology.clone(),
-            jobs: HashMap::new(),
+            jobs: JobCache::default(),
             faults: faults.clone(),
             max_attempts,
             commits: 0,
@@ -87,137 +96,72 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     service::run_consumers(&config.connection, &settings, handlers, &shutdown).await
 }
 
-/// A job's spec and code, loaded once per job, and its state as last read.
-#[derive(Clone)]
-struct LoadedJob {
-    spec: Arc<JobSpec>,
-    code: Arc<dyn Job>,
-    state: JobState,
-    checked: Instant,
-}
-
 struct MapHandler {
     store: Store,
     registry: JobRegistry,
     topology: Topology,
-    jobs: HashMap<String, LoadedJob>,
+    jobs: JobCache,
     faults: Faults,
     max_attempts: u32,
     commits: u64,
 }
 
 impl MapHandler {
-    /// The job's spec, code and fresh-enough state; `Ok(None)` if the job does not exist.
-    async fn load_job(&mut self, job_id: &str) -> Result<Option<LoadedJob>, Disposition> {
-        if let Some(job) = self.jobs.get_mut(job_id) {
-            if job.state.is_final() || job.checked.elapsed() < STATE_REFRESH {
-                return Ok(Some(job.clone()));
-            }
-            match self
-                .store
-                .job_progress(job_id)
-                .await
-                .map_err(store_disposition)?
-            {
-                Some((state, _, _)) => {
-                    job.state = state;
-                    job.checked = Instant::now();
-                    return Ok(Some(job.clone()));
-                }
-                None => {
-                    self.jobs.remove(job_id);
-                    return Ok(None);
-                }
-            }
-        }
-        let Some(status) = self.store.status(job_id).await.map_err(store_disposition)? else {
-            return Ok(None);
-        };
-        let spec = Arc::new(status.spec);
-        let code = match self.registry.build(&spec.kind, &spec.params) {
-            Ok(code) => code,
-            Err(error) => {
-                let reason = format!("job code cannot be built by this worker: {error}");
-                self.fail_job(&spec, &reason).await?;
-                return Err(Disposition::Ack);
-            }
-        };
-        if self.jobs.len() >= 256 {
-            self.jobs.clear();
-        }
-        let job = LoadedJob {
-            spec,
-            code,
-            state: status.state,
-            checked: Instant::now(),
-        };
-        self.jobs.insert(job_id.to_string(), job.clone());
-        Ok(Some(job))
-    }
-
-    async fn fail_job(&mut self, spec: &JobSpec, reason: &str) -> Result<(), Disposition> {
-        tracing::error!(job_id = %spec.id, reason, "failing job");
-        if let Some(job) = self.jobs.get_mut(spec.id.as_str()) {
-            job.state = JobState::Failed;
-        }
-        self.store
-            .end_job(spec, JobState::Failed, reason)
-            .await
-            .map(|_| ())
-            .map_err(store_disposition)
-    }
-
+    /// Loads the task's job, decides the delivery step by step, and carries the decision
+    /// out.
     async fn process(
         &mut self,
         task: MapTask,
         delivery: Task,
         publisher: &mut Publisher,
     ) -> Disposition {
-        let job = match self.load_job(&task.job_id).await {
-            Ok(Some(job)) => job,
-            Ok(None) => {
-                return Disposition::DeadLetter(format!(
-                    "job `{}` does not exist in this namespace (expired, deleted, never created, or lost by Redis)",
-                    task.job_id
-                ))
+        let job = match self
+            .jobs
+            .load(&self.store, &self.registry, &task.job_id)
+            .await
+        {
+            Ok(Loaded::Job(job)) => job,
+            Ok(Loaded::Missing) => {
+                return Disposition::DeadLetter(map::missing_job_reason(&task.job_id))
             }
-            Err(disposition) => return disposition,
+            Ok(Loaded::Unbuildable { spec, error }) => {
+                return self
+                    .carry_out(map::unbuildable(&error), &task, &spec, publisher)
+                    .await
+            }
+            Err(error) => return store_disposition(error),
         };
-        match job.state {
-            JobState::Running => {}
-            JobState::Reducing => {
-                // Every chunk is committed; only the reduce tasks may be missing.
-                return self.publish_reduce(publisher, &job.spec).await;
+        let action = match self.map_and_commit(&task, delivery, &job).await {
+            Ok(action) => action,
+            Err(error) => return store_disposition(error),
+        };
+        self.carry_out(action, &task, &job.spec, publisher).await
+    }
+
+    /// Checks the delivery, maps the chunk off the reactor and commits its output; ends in
+    /// what to do with the delivery.
+    async fn map_and_commit(
+        &mut self,
+        task: &MapTask,
+        delivery: Task,
+        job: &LoadedJob,
+    ) -> Result<MapAction, StoreError> {
+        let spec = &job.spec;
+        if let ControlFlow::Break(action) = map::on_job_state(job.state) {
+            return Ok(action);
+        }
+        let body_len = delivery.body.len() as u64;
+        let checked = map::check_body(task.chunk, body_len, spec.chunk_size, spec.max_record_size);
+        if let ControlFlow::Break(action) = checked {
+            return Ok(action);
+        }
+        let attempt = match map::attempt(delivery.previous_deliveries, self.max_attempts) {
+            Attempt::Within(attempt) => attempt,
+            Attempt::Exhausted => {
+                let last_error = self.store.chunk_error(&spec.id, task.chunk).await?;
+                return Ok(map::attempts_exhausted(task, self.max_attempts, last_error));
             }
-            state => {
-                tracing::info!(%state, "task of an ended job; dropping");
-                return Disposition::Ack;
-            }
-        }
-        let body_limit = job.spec.chunk_size.max(job.spec.max_record_size + 2);
-        if delivery.body.len() as u64 > body_limit {
-            return Disposition::DeadLetter(format!(
-                "chunk {} is {} bytes, more than the job's limit of {body_limit}: not a task this job's producer sent",
-                task.chunk,
-                delivery.body.len()
-            ));
-        }
-        let attempt = delivery.previous_deliveries + 1;
-        if attempt > u64::from(self.max_attempts) {
-            let last_error = match self.store.chunk_error(&job.spec.id, task.chunk).await {
-                Ok(Some(error)) => error,
-                Ok(None) => "the process handling it died or stalled each time".to_string(),
-                Err(error) => return store_disposition(error),
-            };
-            let reason = format!(
-                "chunk {} (`{}`, line {}) failed on all {} attempts; last error: {last_error}",
-                task.chunk, task.source, task.first_line, self.max_attempts
-            );
-            return match self.fail_job(&job.spec, &reason).await {
-                Ok(()) => Disposition::DeadLetter(reason),
-                Err(disposition) => disposition,
-            };
-        }
+        };
         if self.faults.abort_on_chunk == Some(task.chunk) {
             tracing::error!("fault injection: aborting on this chunk");
             std::process::abort();
@@ -226,12 +170,12 @@ impl MapHandler {
             tokio::time::sleep(Duration::from_millis(self.faults.map_delay_ms)).await;
         }
         let code = job.code.clone();
-        let partitions = job.spec.partitions;
+        let partitions = spec.partitions;
         let source = task.source.clone();
         let (offset, first_line, chunk) = (task.offset, task.first_line, task.chunk);
         let panic_on = self.faults.panic_on_chunk;
         let body = delivery.body;
-        let (map_started, body_len) = (Instant::now(), body.len());
+        let map_started = Instant::now();
         let mapped = tokio::task::spawn_blocking(move || {
             if panic_on == Some(chunk) {
                 panic!("fault injection: poison chunk {chunk}");
@@ -248,49 +192,28 @@ impl MapHandler {
         let output = match mapped {
             Ok(Ok(output)) => {
                 let records = output.counters.get("records_read").copied().unwrap_or(0);
-                crate::metrics::chunk_mapped(map_started.elapsed(), body_len, records);
+                crate::metrics::chunk_mapped(map_started.elapsed(), body_len as usize, records);
                 output
             }
-            Ok(Err(error)) => {
-                // Job code refused its input: retrying cannot help. The job fails and the
-                // chunk goes to the dead-letter queue for inspection.
-                let reason = format!(
-                    "map failed on chunk {} (`{}`, line {}): {error}",
-                    task.chunk, task.source, task.first_line
-                );
-                return match self.fail_job(&job.spec, &reason).await {
-                    Ok(()) => Disposition::DeadLetter(reason),
-                    Err(disposition) => disposition,
-                };
-            }
+            Ok(Err(error)) => return Ok(map::map_refused(task, &error)),
             Err(join_error) => {
                 let cause = if join_error.is_panic() {
-                    format!("panic: {}", panic_message(&*join_error.into_panic()))
+                    map::crash_cause(Some(&*join_error.into_panic()))
                 } else {
-                    "map task was cancelled".to_string()
+                    map::crash_cause(None)
                 };
                 tracing::error!(attempt, cause = %cause, "map failed; the chunk will be retried");
-                if let Err(error) = self
-                    .store
-                    .record_chunk_error(&job.spec.id, task.chunk, &cause)
-                    .await
-                {
-                    return store_disposition(error);
-                }
-                return Disposition::Retry(format!("attempt {attempt} failed: {cause}"));
+                return Ok(map::map_crashed(attempt, cause));
             }
         };
         let commit_started = Instant::now();
         let committed = self
             .store
-            .commit_chunk(&job.spec, task.chunk, delivery.redelivered, &output)
+            .commit_chunk(spec, task.chunk, delivery.redelivered, &output)
             .await;
         crate::metrics::committed("worker", commit_started.elapsed());
-        let outcome = match committed {
-            Ok(outcome) => outcome,
-            Err(error) => return store_disposition(error),
-        };
-        if matches!(outcome, CommitOutcome::Committed | CommitOutcome::Completed) {
+        let outcome = committed?;
+        if map::is_first_commit(&outcome) {
             self.commits += 1;
             if self.faults.crash_after_commit == Some(self.commits) {
                 tracing::error!("fault injection: aborting after commit, before ack");
@@ -298,48 +221,62 @@ impl MapHandler {
             }
         }
         tracing::debug!(?outcome, "commit");
-        match outcome {
-            CommitOutcome::Committed => Disposition::Ack,
-            CommitOutcome::Duplicate => {
+        if outcome == CommitOutcome::Completed {
+            tracing::info!(partitions, "map phase complete; publishing reduce tasks");
+        }
+        Ok(map::after_commit(outcome, task))
+    }
+
+    /// Carries out a decision: the only place a map task's Redis writes (failing the job,
+    /// noting an error) and reduce-task publishes happen.
+    async fn carry_out(
+        &mut self,
+        action: MapAction,
+        task: &MapTask,
+        spec: &JobSpec,
+        publisher: &mut Publisher,
+    ) -> Disposition {
+        match action {
+            MapAction::Ack => Disposition::Ack,
+            MapAction::DropDuplicate => {
                 crate::metrics::duplicate("worker");
                 tracing::info!("chunk already committed; dropping duplicate delivery");
                 Disposition::Ack
             }
-            CommitOutcome::Completed => {
-                tracing::info!(partitions, "map phase complete; publishing reduce tasks");
-                self.publish_reduce(publisher, &job.spec).await
-            }
-            CommitOutcome::NotRunning(JobState::Reducing) => {
-                self.publish_reduce(publisher, &job.spec).await
-            }
-            CommitOutcome::NotRunning(state) => {
+            MapAction::DropEnded(state) => {
                 tracing::info!(%state, "task of an ended job; dropping");
                 Disposition::Ack
             }
-            CommitOutcome::Missing => Disposition::DeadLetter(format!(
-                "job `{}` vanished from Redis while its tasks were queued (Redis lost its data?)",
-                task.job_id
-            )),
-            CommitOutcome::OutOfRange { total } => Disposition::DeadLetter(format!(
-                "chunk {} is beyond the job's {total} chunks",
-                task.chunk
-            )),
-            CommitOutcome::Lost(detail) => {
-                let reason = lost_state_reason(&detail);
-                self.fail_job(&job.spec, &reason)
-                    .await
-                    .err()
-                    .unwrap_or(Disposition::Ack)
+            MapAction::PublishReduceThenAck => self.publish_reduce(publisher, spec).await,
+            MapAction::FailJob { reason, then } => {
+                tracing::error!(job_id = %spec.id, reason, "failing job");
+                self.jobs.mark_failed(&spec.id);
+                match self.store.end_job(spec, JobState::Failed, &reason).await {
+                    Ok(_) => then,
+                    Err(error) => store_disposition(error),
+                }
             }
+            MapAction::RecordErrorThenRetry { error, reason } => {
+                match self
+                    .store
+                    .record_chunk_error(&spec.id, task.chunk, &error)
+                    .await
+                {
+                    Ok(()) => Disposition::Retry(reason),
+                    Err(error) => store_disposition(error),
+                }
+            }
+            MapAction::DeadLetter(reason) => Disposition::DeadLetter(reason),
         }
     }
 
-    /// Publishes the job's reduce tasks; the delivery is acked only once they are confirmed.
+    /// Publishes the job's reduce tasks; the delivery is acked only once they are confirmed,
+    /// each confirm within the broker deadline.
     async fn publish_reduce(&self, publisher: &mut Publisher, spec: &JobSpec) -> Disposition {
         match publish_reduce_tasks(publisher, &self.topology, &spec.id, spec.partitions).await {
             Ok(()) => Disposition::Ack,
             // Not acked: the redelivery finds the job reducing and publishes again.
-            Err(error) => Disposition::Retry(format!("publishing reduce tasks: {error}")),
+            Err(error) => map::reduce_publish_failed(&error),
         }
     }
 }

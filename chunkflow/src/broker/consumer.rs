@@ -7,8 +7,11 @@
 //!
 //! The supervisor reconnects with capped exponential backoff when the broker connection,
 //! the channel or the consumer fails, and declares the topology again on each connection.
-//! An ack that returns `false` (its channel died) is logged: the broker redelivers the
-//! message, and the commit protocol makes the redelivery harmless.
+//! Every step of setting up a session (connect, channels, declares, qos, consume, confirm
+//! mode) runs within the connection's `broker_timeout`, and so does every settlement: a
+//! broker that stops answering ends the session, and the supervisor reconnects. An ack
+//! that returns `false` (its channel died) is logged: the broker redelivers the message,
+//! and the commit protocol makes the redelivery harmless.
 
 use std::time::Duration;
 
@@ -22,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-use crate::broker::publisher::Publisher;
+use crate::backoff::Backoff;
+use crate::broker::deadline::BrokerError;
+use crate::broker::publisher::{close_within, Publisher};
 use crate::broker::topology::{self, Topology};
 use crate::config::{redact_url, ConnectionConfig};
 use crate::health::ServiceHealth;
@@ -75,7 +80,8 @@ pub enum ServiceError {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Waits `duration` unless shutdown comes first; returns `false` on shutdown.
+/// Waits `duration` unless shutdown comes first; returns `false` on shutdown (a fixed
+/// pause; growing ones use [`Backoff::pause`]).
 pub async fn pause(duration: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
@@ -129,8 +135,8 @@ pub async fn run_consumer<H: TaskHandler>(
             reason: error.to_string(),
         });
     }
-    let topology = Topology::new(&args.namespace);
-    let mut backoff = Duration::from_millis(250);
+    let topology = Topology::for_connection(args);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     while !shutdown.is_cancelled() {
         let mut connected = false;
         let ended = session(args, settings, &topology, handler, shutdown, &mut connected).await;
@@ -141,13 +147,12 @@ pub async fn run_consumer<H: TaskHandler>(
             Err(error) => {
                 crate::metrics::reconnect(settings.role);
                 if connected {
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
                 }
-                tracing::error!(error = %error, retry_in = ?backoff, "broker session ended; reconnecting");
-                if !pause(backoff, shutdown).await {
+                tracing::error!(error = %error, retry_in = ?backoff.current(), "broker session ended; reconnecting");
+                if !backoff.pause(shutdown).await {
                     break;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -161,6 +166,8 @@ enum SessionError {
     Connect(#[from] topology::ConnectError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Unanswered(#[from] BrokerError),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
     #[error("the publishing channel was lost")]
@@ -211,6 +218,24 @@ fn settlement_of(disposition: &Disposition) -> Settlement {
     }
 }
 
+/// How a disposition is sent to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    /// `basic.reject` without requeue: the queue dead-letters it.
+    RejectToDeadLetters,
+    /// `basic.nack` with requeue.
+    Requeue,
+}
+
+fn settle_of(disposition: &Disposition) -> Settle {
+    match disposition {
+        Disposition::Ack => Settle::Ack,
+        Disposition::DeadLetter(_) => Settle::RejectToDeadLetters,
+        Disposition::Retry(_) => Settle::Requeue,
+    }
+}
+
 async fn session<H: TaskHandler>(
     args: &ConnectionConfig,
     settings: &ConsumerSettings,
@@ -219,20 +244,30 @@ async fn session<H: TaskHandler>(
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
-    let connection = topology::connect(&args.amqp_url, settings.role).await?;
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    channel
-        .basic_qos(settings.prefetch.max(1), BasicQosOptions::default())
+    let deadline = topology.deadline();
+    let connection =
+        topology::connect_within(&args.amqp_url, settings.role, deadline.timeout()).await?;
+    let channel = deadline
+        .run("open a consuming channel", connection.create_channel())
         .await?;
-    let mut publisher = Publisher::open(&connection, 16 * 1024 * 1024).await?;
+    topology.declare(&channel).await?;
+    deadline
+        .run(
+            "basic.qos",
+            channel.basic_qos(settings.prefetch.max(1), BasicQosOptions::default()),
+        )
+        .await?;
+    let mut publisher = Publisher::open(&connection, 16 * 1024 * 1024, deadline).await?;
     let tag = format!("{}-{}", settings.role, std::process::id());
-    let mut consumer = channel
-        .basic_consume(
-            settings.queue.as_str().into(),
-            tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+    let mut consumer = deadline
+        .run(
+            format!("consume from queue {}", settings.queue),
+            channel.basic_consume(
+                settings.queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
         )
         .await?;
     *connected = true;
@@ -251,8 +286,10 @@ async fn session<H: TaskHandler>(
         let delivery = match next {
             None => {
                 // Closing the channel gives prefetched, unstarted deliveries back.
-                let _ = channel.close(200, "shutdown".into()).await;
-                let _ = connection.close(200, "shutdown".into()).await;
+                let _ =
+                    tokio::time::timeout(deadline.timeout(), channel.close(200, "shutdown".into()))
+                        .await;
+                close_within(&connection, "shutdown", deadline).await;
                 return Ok(());
             }
             Some(None) => return Err(SessionError::ConsumerEnded),
@@ -283,7 +320,7 @@ async fn session<H: TaskHandler>(
                 // entirely or not at all. The process exits next, so no pooled Redis
                 // connection with a cancelled command is ever reused.
                 tracing::warn!(grace = ?settings.grace_period, "grace period over; giving the task in hand back");
-                let _ = connection.close(200, "shutdown".into()).await;
+                close_within(&connection, "shutdown", deadline).await;
                 return Ok(());
             }
         };
@@ -296,14 +333,16 @@ async fn session<H: TaskHandler>(
             tracing::warn!(reason = %reason, pause = ?settings.retry_pause, "requeueing task");
             pause(settings.retry_pause, shutdown).await;
         }
+        if let Disposition::DeadLetter(reason) = &disposition {
+            tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
+        }
         let settlement = async {
-            match &disposition {
-                Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
-                Disposition::DeadLetter(reason) => {
-                    tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
+            match settle_of(&disposition) {
+                Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+                Settle::RejectToDeadLetters => {
                     acker.reject(BasicRejectOptions { requeue: false }).await
                 }
-                Disposition::Retry(_) => {
+                Settle::Requeue => {
                     acker
                         .nack(BasicNackOptions {
                             requeue: true,
@@ -328,6 +367,32 @@ async fn session<H: TaskHandler>(
                 "settlement not delivered (channel closed); the broker will redeliver, which the commit protocol makes harmless"
             );
             return Err(SessionError::ChannelLost);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_disposition_settles_one_way() {
+        let cases = [
+            (Disposition::Ack, Settle::Ack, Settlement::Ack),
+            (
+                Disposition::DeadLetter("undecodable".into()),
+                Settle::RejectToDeadLetters,
+                Settlement::DeadLetter,
+            ),
+            (
+                Disposition::Retry("Redis down".into()),
+                Settle::Requeue,
+                Settlement::Retry,
+            ),
+        ];
+        for (disposition, settle, settlement) in cases {
+            assert_eq!(settle_of(&disposition), settle, "{disposition:?}");
+            assert_eq!(settlement_of(&disposition), settlement, "{disposition:?}");
         }
     }
 }

@@ -3,14 +3,22 @@
 //! Every message is published `mandatory` on a channel in confirm mode. The publisher keeps
 //! the confirms of what it has sent but not yet had confirmed, and waits for the oldest
 //! when the window's bytes pass a limit: throughput without holding the whole input in
-//! flight. A nack, a return (no queue bound) or a lost channel is an error; a caller
-//! reports success only after [`Publisher::flush`] returned `Ok`.
+//! flight. A nack, a return (no queue bound), a lost channel or a publish or confirm that
+//! does not come within the broker deadline is an error; a caller reports success only
+//! after [`Publisher::flush`] returned `Ok`.
+//!
+//! [`ReconnectingPublisher`] (the producer's) reconnects and republishes what was not
+//! confirmed; a plain [`Publisher`] (a worker's, for reduce tasks) reports the error and
+//! its caller requeues the delivery that wanted to publish. Must not: wait on the broker
+//! without a deadline, or report a message published before its confirm arrived.
 
 use std::collections::VecDeque;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation, Connection, PublisherConfirm};
 
+use crate::backoff::Backoff;
+use crate::broker::deadline::{BrokerDeadline, BrokerError};
 use crate::broker::topology::Topology;
 use crate::job::JobId;
 use crate::protocol::messages::ReduceTask;
@@ -37,6 +45,10 @@ pub enum PublishError {
         "{what} is {size} bytes, over the broker's message size limit of {MAX_MESSAGE_BYTES} bytes"
     )]
     TooLarge { what: String, size: usize },
+    /// A publish or confirm that did not come within the broker deadline: its fate is
+    /// unknown, so it is kept for a replay.
+    #[error("{0}")]
+    Unanswered(BrokerError),
     #[error("no working broker connection for {after:?} (last error: {cause})")]
     GaveUp {
         after: std::time::Duration,
@@ -86,14 +98,25 @@ pub struct Publisher {
     confirmed: u64,
     /// Messages whose publish or confirm failed on a broken channel.
     failed: Vec<Pending>,
+    deadline: BrokerDeadline,
 }
 
 impl Publisher {
-    /// Opens a channel in confirm mode. `max_window_bytes` bounds unconfirmed bytes.
-    pub async fn open(connection: &Connection, max_window_bytes: usize) -> lapin::Result<Self> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+    /// Opens a channel in confirm mode. `max_window_bytes` bounds unconfirmed bytes; every
+    /// wait on the broker, this one included, is bounded by `deadline`.
+    pub async fn open(
+        connection: &Connection,
+        max_window_bytes: usize,
+        deadline: &BrokerDeadline,
+    ) -> Result<Self, BrokerError> {
+        let channel = deadline
+            .run("open a publishing channel", connection.create_channel())
+            .await?;
+        deadline
+            .run(
+                "confirm.select",
+                channel.confirm_select(ConfirmSelectOptions::default()),
+            )
             .await?;
         Ok(Publisher {
             channel,
@@ -102,6 +125,7 @@ impl Publisher {
             max_window_bytes: max_window_bytes.max(1),
             confirmed: 0,
             failed: Vec::new(),
+            deadline: deadline.clone(),
         })
     }
 
@@ -146,9 +170,9 @@ impl Publisher {
         {
             self.confirm_oldest().await?;
         }
-        let published = self
-            .channel
-            .basic_publish(
+        let published = tokio::time::timeout(
+            self.deadline.timeout(),
+            self.channel.basic_publish(
                 "".into(),
                 message.queue.as_str().into(),
                 BasicPublishOptions {
@@ -157,18 +181,24 @@ impl Publisher {
                 },
                 &message.body,
                 message.properties.clone(),
-            )
-            .await;
+            ),
+        )
+        .await;
         match published {
-            Ok(confirm) => {
+            Ok(Ok(confirm)) => {
                 self.window_bytes += message.body.len();
                 self.window.push_back(InFlight { confirm, message });
                 Ok(())
             }
-            Err(source) => {
+            Ok(Err(source)) => {
                 let what = message.what.clone();
                 self.failed.push(message);
                 Err(PublishError::Broker { what, source })
+            }
+            Err(_elapsed) => {
+                let error = self.deadline.timed_out(format!("publish {}", message.what));
+                self.failed.push(message);
+                Err(PublishError::Unanswered(error))
             }
         }
     }
@@ -187,14 +217,22 @@ impl Publisher {
         };
         self.window_bytes -= in_flight.message.body.len();
         let what = in_flight.message.what.clone();
-        let confirmation = match in_flight.confirm.await {
-            Ok(confirmation) => confirmation,
-            Err(source) => {
-                // Unknown fate: keep it for a replay on a new connection.
-                self.failed.push(in_flight.message);
-                return Err(PublishError::Broker { what, source });
-            }
-        };
+        let confirmation =
+            match tokio::time::timeout(self.deadline.timeout(), in_flight.confirm).await {
+                Ok(Ok(confirmation)) => confirmation,
+                Ok(Err(source)) => {
+                    // Unknown fate: keep it for a replay on a new connection.
+                    self.failed.push(in_flight.message);
+                    return Err(PublishError::Broker { what, source });
+                }
+                Err(_elapsed) => {
+                    // Unknown fate too: the confirm may still come, but nobody waits for it.
+                    self.failed.push(in_flight.message);
+                    return Err(PublishError::Unanswered(
+                        self.deadline.timed_out(format!("confirm of {what}")),
+                    ));
+                }
+            };
         match confirmation {
             Confirmation::Ack(None) => {
                 self.confirmed += 1;
@@ -216,7 +254,8 @@ impl Publisher {
         }
     }
 
-    /// Waits until every message published so far is confirmed.
+    /// Waits until every message published so far is confirmed (each confirm within the
+    /// deadline).
     pub async fn flush(&mut self) -> Result<(), PublishError> {
         while !self.window.is_empty() {
             self.confirm_oldest().await?;
@@ -248,22 +287,34 @@ pub fn reduce_task_messages<'a>(
     })
 }
 
-/// Publishes one reduce task per partition, and waits for every confirm.
+/// Publishes one reduce task per partition, and waits for every confirm. On failure what
+/// was not confirmed is forgotten: the caller's redelivery publishes the whole set again.
 pub async fn publish_reduce_tasks(
     publisher: &mut Publisher,
     topology: &Topology,
     job_id: &JobId,
     partitions: u32,
 ) -> Result<(), PublishError> {
+    let mut published = Ok(());
     for message in reduce_task_messages(topology, job_id, partitions) {
-        publisher.publish_pending(message).await?;
+        published = publisher.publish_pending(message).await;
+        if published.is_err() {
+            break;
+        }
     }
-    publisher.flush().await
+    if published.is_ok() {
+        published = publisher.flush().await;
+    }
+    if published.is_err() {
+        publisher.take_unconfirmed();
+    }
+    published
 }
 
 /// A publisher that survives the loss of its broker connection: it reconnects with capped
 /// exponential backoff, declares the topology again, and republishes every message that was
-/// not confirmed (duplicates are harmless: the commit protocol drops them). It gives up
+/// not confirmed (duplicates are harmless: the commit protocol drops them). A confirm that
+/// does not come within the topology's deadline counts as a lost connection. It gives up
 /// after `give_up_after` without a working connection.
 pub struct ReconnectingPublisher {
     url: String,
@@ -280,13 +331,26 @@ pub struct ReconnectingPublisher {
 /// Nacked messages are republished on a new channel at most this many times in a row.
 const MAX_NACK_RECOVERIES: u32 = 5;
 
+/// Whether `error` is worth a reconnect and replay: a lost or silent connection always, a
+/// nack a few times in a row (`nacks_in_a_row` recoveries so far; then it is reported).
+/// Returns (no queue), oversized messages and giving up are reported at once.
+fn worth_recovering(error: &PublishError, nacks_in_a_row: u32) -> bool {
+    match error {
+        PublishError::Broker { .. } | PublishError::Unanswered(_) => true,
+        PublishError::Nacked { .. } => nacks_in_a_row < MAX_NACK_RECOVERIES,
+        PublishError::Returned { .. }
+        | PublishError::TooLarge { .. }
+        | PublishError::GaveUp { .. } => false,
+    }
+}
+
 /// Why a (re)connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconnectError {
     #[error(transparent)]
     Connect(#[from] crate::broker::topology::ConnectError),
-    #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 impl ReconnectingPublisher {
@@ -317,8 +381,10 @@ impl ReconnectingPublisher {
         topology: &crate::broker::topology::Topology,
         max_window_bytes: usize,
     ) -> Result<(Connection, Publisher), ReconnectError> {
-        let connection = crate::broker::topology::connect(url, role).await?;
-        let publisher = Publisher::open(&connection, max_window_bytes).await?;
+        let deadline = topology.deadline();
+        let connection =
+            crate::broker::topology::connect_within(url, role, deadline.timeout()).await?;
+        let publisher = Publisher::open(&connection, max_window_bytes, deadline).await?;
         topology.declare(publisher.channel()).await?;
         Ok((connection, publisher))
     }
@@ -328,32 +394,30 @@ impl ReconnectingPublisher {
         self.reconnects
     }
 
-    /// Whether `error` is worth a reconnect and replay: a lost connection always, a nack a
-    /// few times in a row (then it is reported).
+    /// Whether `error` is worth a reconnect and replay (counting nack recoveries).
     fn recoverable(&mut self, error: &PublishError) -> bool {
-        match error {
-            PublishError::Broker { .. } => true,
-            PublishError::Nacked { .. } if self.nack_recoveries < MAX_NACK_RECOVERIES => {
-                self.nack_recoveries += 1;
-                true
-            }
-            _ => false,
+        let recoverable = worth_recovering(error, self.nack_recoveries);
+        if recoverable && matches!(error, PublishError::Nacked { .. }) {
+            self.nack_recoveries += 1;
         }
+        recoverable
     }
 
     /// Reconnects and replays unconfirmed messages, until it works or time runs out.
     async fn recover(&mut self, cause: &PublishError) -> Result<(), PublishError> {
         let started = std::time::Instant::now();
-        let mut backoff = std::time::Duration::from_millis(250);
+        let mut backoff = Backoff::new(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(5),
+        );
         let mut pending = self.publisher.take_unconfirmed();
         tracing::warn!(error = %cause, unconfirmed = pending.len(), "broker connection lost while publishing; reconnecting");
         loop {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            backoff.wait().await;
             match Self::open(&self.url, self.role, &self.topology, self.max_window_bytes).await {
                 Ok((connection, publisher)) => {
-                    let _ = self.connection.close(200, "replaced".into()).await;
-                    self.connection = connection;
+                    let old = std::mem::replace(&mut self.connection, connection);
+                    close_within(&old, "replaced", self.topology.deadline()).await;
                     self.publisher = publisher;
                     self.reconnects += 1;
                     let mut replay = std::mem::take(&mut pending).into_iter();
@@ -373,7 +437,9 @@ impl ReconnectingPublisher {
                             return Ok(());
                         }
                         Some(
-                            error @ (PublishError::Broker { .. } | PublishError::Nacked { .. }),
+                            error @ (PublishError::Broker { .. }
+                            | PublishError::Nacked { .. }
+                            | PublishError::Unanswered(_)),
                         ) => {
                             pending = self.publisher.take_unconfirmed();
                             pending.extend(replay);
@@ -383,7 +449,7 @@ impl ReconnectingPublisher {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "reconnect failed");
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "reconnect failed");
                 }
             }
             if started.elapsed() > self.give_up_after {
@@ -427,10 +493,15 @@ impl ReconnectingPublisher {
                 .await
             {
                 Ok(count) => return Ok(count),
-                Err(source) => {
-                    let error = PublishError::Broker {
-                        what: format!("depth of queue {queue}"),
-                        source,
+                Err(error) => {
+                    let error = match error {
+                        BrokerError::Failed { cause, .. } => PublishError::Broker {
+                            what: format!("depth of queue {queue}"),
+                            source: *cause,
+                        },
+                        timed_out @ BrokerError::TimedOut { .. } => {
+                            PublishError::Unanswered(timed_out)
+                        }
                     };
                     self.recover(&error).await?;
                 }
@@ -444,6 +515,89 @@ impl ReconnectingPublisher {
     }
 
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        close_within(&self.connection, "done", self.topology.deadline()).await;
+    }
+}
+
+/// Closes `connection`, waiting for the broker's answer no longer than the deadline (a
+/// connection being replaced may be the one that stopped answering).
+pub async fn close_within(connection: &Connection, reason: &str, deadline: &BrokerDeadline) {
+    let _ = tokio::time::timeout(deadline.timeout(), connection.close(200, reason.into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::REDUCE_TASK_TYPE;
+
+    #[test]
+    fn one_reduce_task_per_partition_on_the_reduce_queue() {
+        let topology = Topology::new("ns");
+        let job = JobId::parse("j1").unwrap();
+        let messages: Vec<Pending> = reduce_task_messages(&topology, &job, 3).collect();
+        assert_eq!(messages.len(), 3);
+        for (partition, message) in messages.iter().enumerate() {
+            assert_eq!(message.queue, "ns.reduce");
+            let task = ReduceTask::decode(&message.properties, &message.body).unwrap();
+            assert_eq!(task.job_id, job);
+            assert_eq!(task.partition, partition as u32);
+            assert_eq!(message.what, format!("reduce task {}", task.message_id()));
+            assert_eq!(
+                message.properties.kind().as_ref().map(|k| k.as_str()),
+                Some(REDUCE_TASK_TYPE)
+            );
+            assert_eq!(message.properties.delivery_mode(), &Some(2), "persistent");
+        }
+        assert_eq!(reduce_task_messages(&topology, &job, 0).count(), 0);
+    }
+
+    #[test]
+    fn lost_or_silent_connections_are_recovered_and_nacks_a_few_times() {
+        let broker = PublishError::Broker {
+            what: "chunk 1".into(),
+            source: lapin::Error::from(lapin::ErrorKind::InvalidChannel(1)),
+        };
+        let silent =
+            PublishError::Unanswered(BrokerDeadline::default().timed_out("confirm of chunk 1"));
+        let nacked = PublishError::Nacked {
+            what: "chunk 1".into(),
+        };
+        for nacks in [0, MAX_NACK_RECOVERIES, 100] {
+            assert!(worth_recovering(&broker, nacks));
+            assert!(worth_recovering(&silent, nacks));
+        }
+        assert!(worth_recovering(&nacked, 0));
+        assert!(worth_recovering(&nacked, MAX_NACK_RECOVERIES - 1));
+        assert!(!worth_recovering(&nacked, MAX_NACK_RECOVERIES));
+        let returned = PublishError::Returned {
+            what: "chunk 1".into(),
+            code: 312,
+            text: "NO_ROUTE".into(),
+        };
+        let too_large = PublishError::TooLarge {
+            what: "chunk 1".into(),
+            size: MAX_MESSAGE_BYTES + 1,
+        };
+        let gave_up = PublishError::GaveUp {
+            after: std::time::Duration::from_secs(1),
+            cause: "x".into(),
+        };
+        for error in [returned, too_large, gave_up] {
+            assert!(!worth_recovering(&error, 0), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_silent_confirm_names_the_message_and_the_wait() {
+        let deadline = BrokerDeadline::new(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            std::time::Duration::from_secs(30),
+        );
+        let error =
+            PublishError::Unanswered(deadline.timed_out("confirm of reduce task j1/reduce/0"));
+        assert_eq!(
+            error.to_string(),
+            "RabbitMQ at amqp://guest:***@127.0.0.1:5672/%2f did not answer `confirm of reduce task j1/reduce/0` within 30s"
+        );
     }
 }

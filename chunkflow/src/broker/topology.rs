@@ -11,6 +11,9 @@
 //!
 //! Task queues are quorum queues: replicated and durable, with a delivery limit so a message
 //! that kills every worker that takes it is dead-lettered instead of looping forever.
+//!
+//! Every declare, passive declare and connect runs within a [`BrokerDeadline`]: a broker
+//! that does not answer is an error naming what it did not answer, never a hang.
 
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -19,22 +22,40 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::redact_url;
+use crate::broker::deadline::{BrokerDeadline, BrokerError};
+use crate::config::{redact_url, ConnectionConfig};
 
 /// A redelivered message past this many returns to its queue is dead-lettered.
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// Names and declarations of one namespace's queues.
+/// Names and declarations of one namespace's queues, and how long a declare may take.
 #[derive(Debug, Clone)]
 pub struct Topology {
     namespace: String,
+    deadline: BrokerDeadline,
 }
 
 impl Topology {
+    /// The namespace's topology, declared within the default deadline.
     pub fn new(namespace: &str) -> Self {
         Topology {
             namespace: namespace.to_string(),
+            deadline: BrokerDeadline::default(),
         }
+    }
+
+    /// The topology of `connection`'s namespace, declared within its `broker_timeout` (and
+    /// naming its broker in errors).
+    pub fn for_connection(connection: &ConnectionConfig) -> Self {
+        Topology {
+            namespace: connection.namespace.clone(),
+            deadline: BrokerDeadline::new(&connection.amqp_url, connection.broker_timeout),
+        }
+    }
+
+    /// The deadline of every broker operation on this topology.
+    pub fn deadline(&self) -> &BrokerDeadline {
+        &self.deadline
     }
 
     pub fn map_queue(&self) -> String {
@@ -71,48 +92,62 @@ impl Topology {
     }
 
     /// Declares (idempotently) every exchange and queue of the namespace.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
+        let exchange = self.dead_letter_exchange();
+        let dead = self.dead_letter_queue();
+        self.deadline
+            .run(
+                format!("declare exchange {exchange}"),
+                channel.exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
             )
             .await?;
-        channel
-            .queue_declare(
-                self.dead_letter_queue().into(),
-                durable,
-                FieldTable::default(),
+        self.deadline
+            .run(
+                format!("declare queue {dead}"),
+                channel.queue_declare(dead.as_str().into(), durable, FieldTable::default()),
             )
             .await?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue().into(),
-                self.dead_letter_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
+        self.deadline
+            .run(
+                format!("bind queue {dead} to {exchange}"),
+                channel.queue_bind(
+                    dead.as_str().into(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
             )
             .await?;
         for queue in [self.map_queue(), self.reduce_queue()] {
-            channel
-                .queue_declare(queue.into(), durable, self.task_queue_arguments())
+            self.deadline
+                .run(
+                    format!("declare queue {queue}"),
+                    channel.queue_declare(
+                        queue.as_str().into(),
+                        durable,
+                        self.task_queue_arguments(),
+                    ),
+                )
                 .await?;
         }
         Ok(())
     }
 
     /// Ready-message count of a queue (passive declare: fails if the queue is missing).
-    pub async fn ready_messages(&self, channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    pub async fn ready_messages(&self, channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
         Ok(self.queue_counts(channel, queue).await?.0)
     }
 
@@ -127,31 +162,43 @@ impl Topology {
 
     /// Ready messages and consumers of a queue (passive declare: fails, closing the
     /// channel, if the queue is missing).
-    pub async fn queue_counts(&self, channel: &Channel, queue: &str) -> lapin::Result<(u32, u32)> {
-        let queue = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
+    pub async fn queue_counts(
+        &self,
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<(u32, u32), BrokerError> {
+        let queue = self
+            .deadline
+            .run(
+                format!("count messages in queue {queue}"),
+                channel.queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
             )
             .await?;
         Ok((queue.message_count(), queue.consumer_count()))
     }
 
     /// Deletes every queue and exchange of the namespace (tests and teardown).
-    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+    pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
         for queue in self.queues() {
-            channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
+            self.deadline
+                .run(
+                    format!("delete queue {queue}"),
+                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+                )
                 .await?;
         }
-        channel
-            .exchange_delete(
-                self.dead_letter_exchange().into(),
-                ExchangeDeleteOptions::default(),
+        let exchange = self.dead_letter_exchange();
+        self.deadline
+            .run(
+                format!("delete exchange {exchange}"),
+                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()),
             )
             .await
     }
@@ -159,21 +206,108 @@ impl Topology {
 
 /// Why the broker could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to RabbitMQ at {url}: {source}; is it running? (start it with `rabbitmq-server -detached`, or set --amqp-url / AMQP_URL)")]
-pub struct ConnectError {
-    pub url: String,
-    #[source]
-    pub source: lapin::Error,
+pub enum ConnectError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}; is it running? (start it with `rabbitmq-server -detached`, or set --amqp-url / AMQP_URL)")]
+    Refused {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ at {url} did not answer `connect` within {after:?}; is it running and reachable? (or set --amqp-url / AMQP_URL, --broker-timeout)")]
+    TimedOut {
+        url: String,
+        after: std::time::Duration,
+    },
 }
 
-/// Opens a broker connection named after the process role (shown in the management UI).
+/// Opens a broker connection named after the process role (shown in the management UI),
+/// within the default deadline.
 pub async fn connect(url: &str, role: &str) -> Result<Connection, ConnectError> {
+    connect_within(url, role, crate::broker::deadline::DEFAULT_BROKER_TIMEOUT).await
+}
+
+/// Opens a broker connection named after the process role, waiting at most `timeout`.
+pub async fn connect_within(
+    url: &str,
+    role: &str,
+    timeout: std::time::Duration,
+) -> Result<Connection, ConnectError> {
     let name = format!("chunkflow-{role}@{}", std::process::id());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|source| ConnectError {
+    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::Refused {
             url: redact_url(url),
             source,
-        })
+        }),
+        Err(_elapsed) => Err(ConnectError::TimedOut {
+            url: redact_url(url),
+            after: timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_namespace() {
+        let topology = Topology::new("ns");
+        assert_eq!(topology.map_queue(), "ns.map");
+        assert_eq!(topology.reduce_queue(), "ns.reduce");
+        assert_eq!(topology.dead_letter_exchange(), "ns.dlx");
+        assert_eq!(topology.queues(), ["ns.map", "ns.reduce", "ns.dead"]);
+    }
+
+    #[test]
+    fn task_queues_are_quorum_queues_dead_lettering_with_a_limit() {
+        let args = Topology::new("ns").task_queue_arguments();
+        let args = args.inner();
+        assert_eq!(
+            args.get("x-queue-type"),
+            Some(&AMQPValue::LongString(LongString::from("quorum")))
+        );
+        assert_eq!(
+            args.get("x-dead-letter-exchange"),
+            Some(&AMQPValue::LongString(LongString::from("ns.dlx")))
+        );
+        assert_eq!(
+            args.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(DELIVERY_LIMIT))
+        );
+    }
+
+    #[test]
+    fn a_connection_names_its_broker_and_timeout() {
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:pw@broker:5672/%2f".into();
+        config.broker_timeout = std::time::Duration::from_secs(7);
+        let topology = Topology::for_connection(&config);
+        assert_eq!(topology.map_queue(), "ns.map");
+        assert_eq!(
+            topology.deadline(),
+            &BrokerDeadline::new(
+                "amqp://u:***@broker:5672/%2f",
+                std::time::Duration::from_secs(7)
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_broker_fails_the_connect_in_time() {
+        // A listener that accepts and never speaks AMQP.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("amqp://guest:pw@{}/%2f", listener.local_addr().unwrap());
+        let error = connect_within(&url, "test", std::time::Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, ConnectError::TimedOut { .. }), "{text}");
+        assert!(
+            text.contains("did not answer `connect` within 200ms") && !text.contains("pw@"),
+            "{text}"
+        );
+        drop(listener);
+    }
 }

@@ -266,4 +266,23 @@ mod tests {
         assert!(ReduceTask::decode(&reduce.properties(), b"{not json").is_err());
         assert!(ReduceTask::decode(&reduce.properties(), br#"{"job":"j"}"#).is_err());
     }
+
+    #[test]
+    fn the_delivery_count_header_counts_earlier_deliveries() {
+        assert_eq!(previous_deliveries(&BasicProperties::default()), 0);
+        let with = |value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert("x-delivery-count".into(), value);
+            BasicProperties::default().with_headers(headers)
+        };
+        assert_eq!(previous_deliveries(&with(AMQPValue::LongLongInt(3))), 3);
+        assert_eq!(previous_deliveries(&with(AMQPValue::LongInt(2))), 2);
+        assert_eq!(previous_deliveries(&with(AMQPValue::ShortShortUInt(1))), 1);
+        // Nonsense counts as a first delivery rather than failing the task.
+        assert_eq!(previous_deliveries(&with(AMQPValue::LongLongInt(-1))), 0);
+        assert_eq!(
+            previous_deliveries(&with(AMQPValue::LongString(LongString::from("2")))),
+            0
+        );
+    }
 }

@@ -1,13 +1,16 @@
 //! The protocol's decisions, apart from the I/O that carries them out: what a delivery's
-//! fate is ([`Disposition`]), how a failure is classified, and the wire messages
-//! ([`messages`]). Everything here is plain data in, plain data out, unit-tested without a
-//! broker or Redis; the worker and reducer are thin shells that fetch state, call these, and
-//! act on the answer.
+//! fate is ([`Disposition`]), how a failure is classified, what each step of a map task
+//! ([`map`]) and of a reduce task ([`reduce`]) means, and the wire messages ([`messages`]).
+//! Everything here is plain data in, plain data out, unit-tested without a broker or Redis;
+//! the worker and reducer are thin shells that fetch state, call these, and act on the
+//! answer.
 //!
 //! Must not: open a connection, sleep, or log. A decision that needs I/O to be made takes
 //! the I/O's result as an argument.
 
+pub mod map;
 pub mod messages;
+pub mod reduce;
 
 use crate::store::StoreError;
 

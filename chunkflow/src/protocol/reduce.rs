@@ -1,0 +1,366 @@
+//! What a reduce task's delivery means at each step, as plain functions over plain values:
+//! the reducer fetches the state (the job's record, the lease, the partition's outputs, the
+//! commit's outcome), asks here, and carries out the [`ReduceAction`] it gets back.
+//!
+//! The steps, in order: the task against its job ([`on_task`]); the lease
+//! ([`after_lease`]); the partition's completeness ([`partition_is_complete`],
+//! [`on_incomplete`]); the job code's answer ([`reduce_refused`], [`reduce_crashed`]); the
+//! commit's outcome ([`after_commit`]). The janitor's decision about jobs whose producer
+//! vanished ([`is_abandoned`], [`abandoned_reason`]) is here too.
+//!
+//! Must not: touch Redis or the broker, sleep, or log.
+
+use std::fmt::Display;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use crate::job::JobState;
+use crate::protocol::{lost_state_reason, panic_message};
+use crate::store::{LeaseOutcome, ReduceCommitOutcome};
+
+/// What the reducer does with a reduce task's delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReduceAction {
+    /// Done, or nothing left to do (the lease's job is gone, another reducer finished the
+    /// partition): ack.
+    Ack,
+    /// This commit reduced the job's last partition: the job succeeded; ack.
+    Succeeded,
+    /// The partition was reduced before (a duplicate task): count a duplicate and ack.
+    DropDuplicate,
+    /// The job is not (or no longer) reducing: ack and drop the task.
+    DropNotReducing(JobState),
+    /// Mark the job failed with this reason, then ack. If the job cannot be marked failed
+    /// (Redis), the store error decides the delivery instead.
+    FailJob(String),
+    /// May succeed later (the lease is busy, or was taken over): requeue.
+    Retry(String),
+    /// The task can never succeed: reject it to the dead-letter queue.
+    DeadLetter(String),
+}
+
+/// Why a reduce task's job cannot be found: its delivery is dead-lettered.
+pub fn missing_job_reason(job_id: &str) -> String {
+    format!("job `{job_id}` does not exist in this namespace (expired, or lost by Redis)")
+}
+
+/// What the task means for its job as loaded: `Continue` to reduce the partition.
+pub fn on_task(partition: u32, partitions: u32, state: JobState) -> ControlFlow<ReduceAction> {
+    if partition >= partitions {
+        return ControlFlow::Break(ReduceAction::DeadLetter(format!(
+            "partition {partition} is beyond the job's {partitions} partitions"
+        )));
+    }
+    if state != JobState::Reducing {
+        return ControlFlow::Break(ReduceAction::DropNotReducing(state));
+    }
+    ControlFlow::Continue(())
+}
+
+/// What an already-reduced partition means: `Continue` when it is not reduced yet.
+pub fn on_reduced(already_reduced: bool) -> ControlFlow<ReduceAction> {
+    if already_reduced {
+        ControlFlow::Break(ReduceAction::DropDuplicate)
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// The job's code cannot be built by this reducer: the job fails.
+pub fn unbuildable(error: &dyn Display) -> ReduceAction {
+    ReduceAction::FailJob(format!("job code cannot be built by this reducer: {error}"))
+}
+
+/// What asking for the partition's lease gave: `Continue` with the fencing token to reduce
+/// under.
+pub fn after_lease(outcome: LeaseOutcome, partition: u32) -> ControlFlow<ReduceAction, u64> {
+    match outcome {
+        LeaseOutcome::Acquired(token) => ControlFlow::Continue(token),
+        LeaseOutcome::Busy(remaining) => ControlFlow::Break(ReduceAction::Retry(format!(
+            "partition {partition} is leased by another reducer for {remaining:?} more"
+        ))),
+        // The job's record is gone: nothing to reduce.
+        LeaseOutcome::Missing => ControlFlow::Break(ReduceAction::Ack),
+    }
+}
+
+/// Whether a partition holds every chunk output committed to it: exactly `committed`
+/// outputs (the job record's count), all from chunks below the sealed `total`.
+pub fn partition_is_complete(
+    held: impl IntoIterator<Item = u64>,
+    committed: u64,
+    total: u64,
+) -> bool {
+    let mut count = 0u64;
+    for chunk in held {
+        if chunk >= total {
+            return false;
+        }
+        count += 1;
+    }
+    count == committed
+}
+
+/// An incomplete partition: fine if another reducer finished it meanwhile (and deleted its
+/// outputs), otherwise Redis lost data and the job fails saying so.
+pub fn on_incomplete(
+    partition: u32,
+    held: usize,
+    committed: u64,
+    already_reduced: bool,
+) -> ReduceAction {
+    if already_reduced {
+        return ReduceAction::Ack;
+    }
+    ReduceAction::FailJob(lost_state_reason(&format!(
+        "partition {partition} holds {held} of the {committed} chunk outputs committed to it"
+    )))
+}
+
+/// Job code refused to reduce: the job fails.
+pub fn reduce_refused(partition: u32, error: &dyn Display) -> ReduceAction {
+    ReduceAction::FailJob(format!("reduce failed on partition {partition}: {error}"))
+}
+
+/// Job code panicked (`Some` payload) or was cancelled (`None`): the job fails.
+pub fn reduce_crashed(partition: u32, panic: Option<&(dyn std::any::Any + Send)>) -> ReduceAction {
+    let cause = match panic {
+        Some(payload) => panic_message(payload),
+        None => "cancelled".to_string(),
+    };
+    ReduceAction::FailJob(format!("reduce panicked on partition {partition}: {cause}"))
+}
+
+/// What a partition commit's outcome means for the delivery.
+pub fn after_commit(
+    outcome: ReduceCommitOutcome,
+    job_id: &str,
+    partition: u32,
+    token: u64,
+) -> ReduceAction {
+    match outcome {
+        ReduceCommitOutcome::Reduced => ReduceAction::Ack,
+        ReduceCommitOutcome::Succeeded => ReduceAction::Succeeded,
+        ReduceCommitOutcome::Duplicate => ReduceAction::DropDuplicate,
+        // Requeue rather than ack: the redelivery finds the partition reduced by the lease's
+        // new holder, or, if that one died too, reduces it again.
+        ReduceCommitOutcome::Fenced => ReduceAction::Retry(format!(
+            "lease token {token} on partition {partition} was taken over while reducing; result discarded"
+        )),
+        ReduceCommitOutcome::NotReducing(state) => ReduceAction::DropNotReducing(state),
+        ReduceCommitOutcome::Missing => {
+            ReduceAction::DeadLetter(format!("job `{job_id}` vanished from Redis while reducing"))
+        }
+    }
+}
+
+/// How often the janitor looks for abandoned jobs: a quarter of the producer timeout,
+/// between 200 ms and 15 s.
+pub fn janitor_period(producer_timeout: Duration) -> Duration {
+    (producer_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(15))
+}
+
+/// Whether a job was abandoned by its producer: still running, never sealed, and its
+/// producer silent for `producer_timeout` or longer.
+pub fn is_abandoned(
+    state: JobState,
+    sealed: bool,
+    silent: Duration,
+    producer_timeout: Duration,
+) -> bool {
+    state == JobState::Running && !sealed && silent.as_millis() >= producer_timeout.as_millis()
+}
+
+/// The reason an abandoned job fails with.
+pub fn abandoned_reason(silent: Duration, producer_timeout: Duration) -> String {
+    format!(
+        "the producer stopped publishing before all chunks were sent (silent for {:.0}s, \
+         past the {:?} producer timeout); re-submit the job",
+        silent.as_millis() as f64 / 1000.0,
+        producer_timeout
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_reduced_only_within_a_reducing_job() {
+        assert_eq!(on_task(3, 4, JobState::Reducing), ControlFlow::Continue(()));
+        assert_eq!(
+            on_task(4, 4, JobState::Reducing),
+            ControlFlow::Break(ReduceAction::DeadLetter(
+                "partition 4 is beyond the job's 4 partitions".into()
+            ))
+        );
+        for state in [
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            assert_eq!(
+                on_task(0, 4, state),
+                ControlFlow::Break(ReduceAction::DropNotReducing(state))
+            );
+        }
+        assert!(missing_job_reason("j1").starts_with("job `j1` does not exist"));
+    }
+
+    #[test]
+    fn a_reduced_partition_is_a_duplicate() {
+        assert_eq!(on_reduced(false), ControlFlow::Continue(()));
+        assert_eq!(
+            on_reduced(true),
+            ControlFlow::Break(ReduceAction::DropDuplicate)
+        );
+    }
+
+    #[test]
+    fn every_lease_outcome_has_an_action() {
+        assert_eq!(
+            after_lease(LeaseOutcome::Acquired(9), 2),
+            ControlFlow::Continue(9)
+        );
+        assert_eq!(
+            after_lease(LeaseOutcome::Busy(Duration::from_secs(3)), 2),
+            ControlFlow::Break(ReduceAction::Retry(
+                "partition 2 is leased by another reducer for 3s more".into()
+            ))
+        );
+        assert_eq!(
+            after_lease(LeaseOutcome::Missing, 2),
+            ControlFlow::Break(ReduceAction::Ack)
+        );
+    }
+
+    #[test]
+    fn completeness_compares_held_outputs_with_committed_and_total() {
+        assert!(partition_is_complete([0, 2, 5], 3, 6));
+        assert!(
+            partition_is_complete([], 0, 6),
+            "a partition no chunk wrote to"
+        );
+        assert!(!partition_is_complete([0, 2], 3, 6), "an output lost");
+        assert!(
+            !partition_is_complete([0, 2, 6], 3, 6),
+            "a chunk beyond the total"
+        );
+        assert!(
+            !partition_is_complete([0, 2, 5], 2, 6),
+            "more than committed"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_partition_fails_the_job_unless_already_reduced() {
+        assert_eq!(on_incomplete(1, 2, 3, true), ReduceAction::Ack);
+        assert_eq!(
+            on_incomplete(1, 2, 3, false),
+            ReduceAction::FailJob(lost_state_reason(
+                "partition 1 holds 2 of the 3 chunk outputs committed to it"
+            ))
+        );
+    }
+
+    #[test]
+    fn job_code_failures_fail_the_job() {
+        assert_eq!(
+            unbuildable(&"unknown job kind `x`"),
+            ReduceAction::FailJob(
+                "job code cannot be built by this reducer: unknown job kind `x`".into()
+            )
+        );
+        assert_eq!(
+            reduce_refused(3, &"overflow"),
+            ReduceAction::FailJob("reduce failed on partition 3: overflow".into())
+        );
+        let payload: Box<dyn std::any::Any + Send> = Box::new(String::from("boom"));
+        assert_eq!(
+            reduce_crashed(3, Some(&*payload)),
+            ReduceAction::FailJob("reduce panicked on partition 3: boom".into())
+        );
+        assert_eq!(
+            reduce_crashed(3, None),
+            ReduceAction::FailJob("reduce panicked on partition 3: cancelled".into())
+        );
+    }
+
+    #[test]
+    fn every_commit_outcome_has_an_action() {
+        let cases = [
+            (ReduceCommitOutcome::Reduced, ReduceAction::Ack),
+            (ReduceCommitOutcome::Succeeded, ReduceAction::Succeeded),
+            (ReduceCommitOutcome::Duplicate, ReduceAction::DropDuplicate),
+            (
+                ReduceCommitOutcome::Fenced,
+                ReduceAction::Retry(
+                    "lease token 5 on partition 1 was taken over while reducing; result discarded"
+                        .into(),
+                ),
+            ),
+            (
+                ReduceCommitOutcome::NotReducing(JobState::Cancelled),
+                ReduceAction::DropNotReducing(JobState::Cancelled),
+            ),
+            (
+                ReduceCommitOutcome::Missing,
+                ReduceAction::DeadLetter("job `j1` vanished from Redis while reducing".into()),
+            ),
+        ];
+        for (outcome, action) in cases {
+            assert_eq!(
+                after_commit(outcome.clone(), "j1", 1, 5),
+                action,
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn abandoned_means_running_unsealed_and_silent_too_long() {
+        let timeout = Duration::from_secs(60);
+        let long = Duration::from_secs(61);
+        assert!(is_abandoned(JobState::Running, false, long, timeout));
+        assert!(is_abandoned(JobState::Running, false, timeout, timeout));
+        assert!(!is_abandoned(
+            JobState::Running,
+            false,
+            Duration::from_secs(59),
+            timeout
+        ));
+        assert!(
+            !is_abandoned(JobState::Running, true, long, timeout),
+            "sealed"
+        );
+        assert!(!is_abandoned(JobState::Reducing, false, long, timeout));
+        assert!(!is_abandoned(JobState::Cancelled, false, long, timeout));
+        let reason = abandoned_reason(Duration::from_millis(61_400), timeout);
+        assert_eq!(
+            reason,
+            "the producer stopped publishing before all chunks were sent (silent for 61s, \
+             past the 60s producer timeout); re-submit the job"
+        );
+    }
+
+    #[test]
+    fn the_janitor_sweeps_often_but_not_too_often() {
+        assert_eq!(
+            janitor_period(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            janitor_period(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            janitor_period(Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            janitor_period(Duration::from_secs(3600)),
+            Duration::from_secs(15)
+        );
+    }
+}
