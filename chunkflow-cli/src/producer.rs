@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::args::ConnectionArgs;
 use crate::args::ExecArgs;
+use crate::http::{error_chain, HttpClient, HttpUrl};
 use crate::views;
 use chunkflow::config::{parse_duration, ConnectionConfig};
 use chunkflow::job::JobId;
@@ -120,7 +121,7 @@ enum Command {
     /// Exit 0 if URL answers HTTP 200 within 3 s (a healthcheck for images without curl:
     /// `producer probe http://127.0.0.1:9090/readyz`).
     Probe {
-        /// An http:// URL.
+        /// An http:// or https:// URL.
         url: String,
     },
 }
@@ -454,19 +455,21 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { url } => {
-            let parsed = crate::http::HttpUrl::parse(&url)?;
-            match crate::http::get(&parsed, Duration::from_secs(3)).await {
-                Ok((200, _)) => Ok(ExitCode::SUCCESS),
+            let parsed = HttpUrl::parse(&url)?;
+            let client = HttpClient::new(Duration::from_secs(3))?;
+            match client.get(&parsed).await {
+                Ok((status, _)) if status == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
                 Ok((status, body)) => {
                     eprintln!(
-                        "{}: HTTP {status}: {}",
+                        "{}: HTTP {}: {}",
                         parsed.redacted(),
+                        status.as_u16(),
                         String::from_utf8_lossy(&body).trim()
                     );
                     Ok(ExitCode::FAILURE)
                 }
                 Err(error) => {
-                    eprintln!("{error}");
+                    eprintln!("{}", error_chain(&error));
                     Ok(ExitCode::FAILURE)
                 }
             }
