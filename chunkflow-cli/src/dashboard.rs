@@ -59,8 +59,8 @@ pub enum DashboardError {
     },
     #[error(transparent)]
     Store(#[from] chunkflow::store::StoreError),
-    #[error("{0}")]
-    Redis(String),
+    #[error(transparent)]
+    Redis(#[from] views::RedisUnavailable),
 }
 
 struct Shared {
@@ -83,9 +83,7 @@ pub async fn run(
         connection.redis_timeout,
     )
     .await?;
-    let redis = views::redis(connection)
-        .await
-        .map_err(DashboardError::Redis)?;
+    let redis = views::redis(connection).await?;
     let listener = http::bind(&config.listen)
         .await
         .map_err(|source| DashboardError::Listen {

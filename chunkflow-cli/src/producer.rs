@@ -346,15 +346,35 @@ pub fn producer_main(registry: JobRegistry) -> ExitCode {
     };
     match runtime.block_on(run(cli, registry)) {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            let usage = matches!(
-                error.downcast_ref::<ProducerError>(),
-                Some(ProducerError::Usage(_))
-            );
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
+        Err(error) => match failure_exit_code(&error) {
+            // The reader of standard output went away (`producer result JOB | head`): it
+            // has what it wanted, so this is success, silently.
+            None => ExitCode::SUCCESS,
+            Some(code) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(code)
+            }
+        },
     }
+}
+
+/// The exit code of a failed command: 2 for a usage error, 1 for any other, and `None`
+/// (success) when standard output was closed by its reader.
+fn failure_exit_code(error: &anyhow::Error) -> Option<u8> {
+    match error.downcast_ref::<ProducerError>() {
+        Some(error) if error.is_closed_output() => None,
+        Some(ProducerError::Usage(_)) => Some(2),
+        _ => Some(1),
+    }
+}
+
+/// Writes `text` to standard output, flushed; a failure (a closed pipe included) is an
+/// output error.
+fn print_out(text: &str) -> Result<(), ProducerError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(ProducerError::Output)
 }
 
 async fn connect_store(connection: &ConnectionConfig) -> anyhow::Result<Store> {
@@ -380,15 +400,16 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         Command::Status { job, json } => {
             let store = connect_store(&connection).await?;
             let status = producer::job_status(&store, &job).await?;
-            let mut redis = views::redis(&connection)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let mut redis = views::redis(&connection).await?;
             let failures = views::failures(&mut redis, store.keys(), &job).await?;
             let now = views::now();
             if json {
-                println!("{}", views::status_json(&status, &failures, now));
+                print_out(&format!(
+                    "{}\n",
+                    views::status_json(&status, &failures, now)
+                ))?;
             } else {
-                print!("{}", views::status_text(&status, &failures, now));
+                print_out(&views::status_text(&status, &failures, now))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -401,22 +422,20 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|status| views::job_summary_json(status, now))
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                print_out(&format!("{}\n", serde_json::Value::Array(list)))?;
             } else {
-                print!("{}", views::jobs_text(&jobs, now));
+                print_out(&views::jobs_text(&jobs, now))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers { json } => {
-            let mut redis = views::redis(&connection)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let mut redis = views::redis(&connection).await?;
             let keys = chunkflow::store::keys::Keys::new(&connection.namespace);
             let records = chunkflow::store::presence::list(&mut redis, &keys).await?;
             if json {
-                println!("{}", serde_json::to_string(&records)?);
+                print_out(&format!("{}\n", serde_json::to_string(&records)?))?;
             } else {
-                print!("{}", views::workers_text(&records, views::now()));
+                print_out(&views::workers_text(&records, views::now()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -424,9 +443,9 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let url = management.url(&connection);
             let report = views::queues(&connection, &url).await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
             } else {
-                print!("{}", views::queues_text(&report));
+                print_out(&views::queues_text(&report))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -496,7 +515,11 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
                 _ => crate::datagen::write_text(&mut out, size, seed, args.vocabulary),
             }
             .and_then(|_| out.flush())
-            .context("writing generated data")?;
+            .map_err(ProducerError::Output)
+            .with_context(|| match &args.output {
+                Some(path) => format!("writing {}", path.display()),
+                None => "writing generated data to standard output".to_string(),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Result { job } => {
@@ -505,8 +528,7 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
             let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
             let status = producer::write_result(&store, &registry, &job, &mut out).await?;
-            out.flush()
-                .context("writing the result to standard output")?;
+            out.flush().map_err(ProducerError::Output)?;
             report_skipped(
                 status
                     .counters
@@ -547,8 +569,7 @@ fn submit_local(registry: &JobRegistry, args: SubmitArgs) -> anyhow::Result<Exit
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let outcome = chunkflow::local::run_local(registry, &options, args.threads, &mut out)?;
-    out.flush()
-        .context("writing the result to standard output")?;
+    out.flush().map_err(ProducerError::Output)?;
     if !args.quiet {
         let counters: Vec<String> = outcome
             .counters
@@ -594,4 +615,27 @@ async fn submit(
         .await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn exit_codes_follow_the_error_class() {
+        let closed = anyhow::Error::from(ProducerError::Output(Error::from(ErrorKind::BrokenPipe)));
+        assert_eq!(failure_exit_code(&closed), None);
+        assert_eq!(
+            failure_exit_code(&closed.context("writing generated data to standard output")),
+            None
+        );
+        let full = anyhow::Error::from(ProducerError::Output(Error::from(ErrorKind::StorageFull)));
+        assert_eq!(failure_exit_code(&full), Some(1));
+        let usage = anyhow::Error::from(ProducerError::Usage("--partitions".into()));
+        assert_eq!(failure_exit_code(&usage), Some(2));
+        // A broken pipe elsewhere (a lost connection) is a failure, not a closed output.
+        let socket = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe));
+        assert_eq!(failure_exit_code(&socket), Some(1));
+    }
 }

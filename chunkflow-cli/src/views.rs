@@ -562,9 +562,18 @@ pub fn queues_text(report: &QueuesReport) -> String {
     text
 }
 
+/// Redis could not be reached for a view; the message names the (redacted) URL and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RedisUnavailable(String);
+
 /// A Redis connection for the views (heartbeat records, failures, partitions).
-pub async fn redis(connection: &ConnectionConfig) -> Result<MultiplexedConnection, String> {
-    chunkflow::store::presence::connect(&connection.redis_url, connection.redis_timeout).await
+pub async fn redis(
+    connection: &ConnectionConfig,
+) -> Result<MultiplexedConnection, RedisUnavailable> {
+    chunkflow::store::presence::connect(&connection.redis_url, connection.redis_timeout)
+        .await
+        .map_err(RedisUnavailable)
 }
 
 /// The current time, for callers that render several views at one instant.
