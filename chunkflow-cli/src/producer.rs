@@ -1,6 +1,10 @@
 //! The `producer` command line: submit jobs (to the cluster or `--local`), follow them,
-//! print their results, generate sample data. A shell over [`crate::producer`] and
-//! [`crate::local`]; `anyhow` lives here, at the edge.
+//! print their results, generate sample data. A shell over [`chunkflow::producer`] and
+//! [`chunkflow::local`]; `anyhow` lives here, at the edge.
+//!
+//! Exit codes: 0 on success, also when the reader of standard output closed it early
+//! (`producer result JOB | head`: it has what it wanted); 2 for a usage error; 1 for any
+//! other failure, its causes printed once each on one line.
 
 use std::io::Write;
 use std::process::ExitCode;
