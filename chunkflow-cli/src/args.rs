@@ -1,7 +1,8 @@
 //! Flags shared by every binary, each with its environment twin and a doc comment that is
 //! its `--help` text: where the broker and Redis are ([`ConnectionArgs`]), what the `exec`
-//! job may run ([`ExecArgs`]), and how a service shows itself ([`MonitorArgs`]). Each turns
-//! into the library's plain settings; nothing below this crate parses a command line.
+//! job may run ([`ExecArgs`]), how a service shows itself ([`MonitorArgs`]), and how a
+//! worker or reducer consumes ([`ConsumerArgs`], whose defaults depend on the role). Each
+//! turns into the library's plain settings; nothing below this crate parses a command line.
 //!
 //! Passwords in URLs are never printed: `--help` hides env values and shows the default
 //! redacted.
@@ -115,4 +116,65 @@ pub struct MonitorArgs {
     /// it): a process that dies vanishes from `producer workers` after this long.
     #[arg(long, env = "CHUNKFLOW_HEARTBEAT_TTL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+}
+
+/// How a worker or reducer consumes its queue (flattened into both). Prefetch and
+/// concurrency default by role ([`ConsumerDefaults`]), applied by [`ConsumerArgs::settings`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    /// Deliveries the broker may hand this process ahead of the one in progress (per
+    /// consume loop) [default: 1 for a worker, which keeps its memory to about three
+    /// chunks; 2 for a reducer]
+    #[arg(long, env = "CHUNKFLOW_PREFETCH")]
+    pub prefetch: Option<u16>,
+
+    /// Tasks processed at once by this process, each with its own channel: chunks for a
+    /// worker, partitions for a reducer (1 to 64) [default: 1 for a worker, 2 for a reducer]
+    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: Option<u16>,
+
+    /// After SIGTERM, how long the task in hand (a worker's chunk, a reducer's partition)
+    /// may take before it is given back to the queue (match the container's stop grace
+    /// period).
+    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+}
+
+/// A role's prefetch and concurrency when their flags are not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerDefaults {
+    pub prefetch: u16,
+    pub concurrency: u16,
+}
+
+impl ConsumerDefaults {
+    /// A worker holds one chunk and one ahead: chunks are large.
+    pub const WORKER: ConsumerDefaults = ConsumerDefaults {
+        prefetch: 1,
+        concurrency: 1,
+    };
+    /// A reducer spends much of a task waiting on Redis: two at once, two ahead.
+    pub const REDUCER: ConsumerDefaults = ConsumerDefaults {
+        prefetch: 2,
+        concurrency: 2,
+    };
+}
+
+/// [`ConsumerArgs`] with the role's defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub grace_period: Duration,
+}
+
+impl ConsumerArgs {
+    /// The flags given, the role's `defaults` for those that were not.
+    pub fn settings(&self, defaults: ConsumerDefaults) -> ConsumerSettings {
+        ConsumerSettings {
+            prefetch: self.prefetch.unwrap_or(defaults.prefetch),
+            concurrency: usize::from(self.concurrency.unwrap_or(defaults.concurrency)),
+            grace_period: self.grace_period,
+        }
+    }
 }

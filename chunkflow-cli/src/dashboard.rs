@@ -18,12 +18,17 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, Request, Response};
-use crate::views;
+use crate::http;
+use crate::views::{self, ManagementApi};
 use chunkflow::broker::topology::{self, Topology};
 use chunkflow::config::ConnectionConfig;
 use chunkflow::store::keys::Keys;
@@ -46,7 +51,7 @@ pub struct DashboardConfig {
 /// Why the dashboard could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
         #[source]
@@ -97,60 +102,85 @@ pub async fn run(
         shutdown.clone(),
     ));
     on_listening(&http::local_addr(&listener));
-    let handler_shared = shared.clone();
-    http::serve(
-        listener,
-        move |request| route(handler_shared.clone(), request),
-        shutdown,
-    )
-    .await;
-    refresher.abort();
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route(
+            "/healthz",
+            get(|| async { http::text(StatusCode::OK, "ok\n") }),
+        )
+        .route("/api/overview", get(overview))
+        .route("/api/job", get(job))
+        .fallback(http::not_found)
+        .with_state(shared);
+    http::serve(listener, app, shutdown.clone()).await;
+    // The refresher stops on the same token; it closes its broker connection on the way.
+    let _ = tokio::time::timeout(Duration::from_secs(5), refresher).await;
     Ok(())
 }
 
-async fn route(shared: Arc<Shared>, request: Request) -> Response {
-    match request.path.as_str() {
-        "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", PAGE),
-        "/healthz" => Response::text(200, "ok\n"),
-        "/api/overview" => {
-            let overview = shared
-                .overview
-                .read()
-                .map(|value| value.clone())
-                .unwrap_or(Value::Null);
-            Response::json(&overview)
+async fn page() -> Response {
+    http::body(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+}
+
+async fn overview(State(shared): State<Arc<Shared>>) -> Response {
+    let overview = shared
+        .overview
+        .read()
+        .map(|value| value.clone())
+        .unwrap_or(Value::Null);
+    http::json(&overview)
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+async fn job(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    match query_param(query.as_deref(), "id") {
+        Some(job) if chunkflow::job::JobId::parse(&job).is_ok() => {
+            job_detail(&shared, &job).await.unwrap_or_else(|error| {
+                http::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}\n", http::error_chain(&error)),
+                )
+            })
         }
-        "/api/job" => match request.param("id") {
-            Some(job) if chunkflow::job::JobId::parse(job).is_ok() => job_detail(&shared, job)
-                .await
-                .unwrap_or_else(|error| Response::text(500, format!("{error}\n"))),
-            _ => Response::text(400, "give a valid ?id=JOB\n"),
-        },
-        _ => Response::not_found(),
+        _ => http::text(StatusCode::BAD_REQUEST, "give a valid ?id=JOB\n"),
     }
 }
 
-async fn job_detail(shared: &Shared, job: &str) -> Result<Response, String> {
-    let Some(status) = shared.store.status(job).await.map_err(|e| e.to_string())? else {
-        return Ok(Response::text(404, format!("no job `{job}`\n")));
+/// Why a job's detail could not be read.
+#[derive(Debug, thiserror::Error)]
+enum DetailError {
+    #[error(transparent)]
+    Store(#[from] chunkflow::store::StoreError),
+    #[error("reading the job's failures and partitions from Redis failed")]
+    Redis(#[from] deadpool_redis::redis::RedisError),
+}
+
+async fn job_detail(shared: &Shared, job: &str) -> Result<Response, DetailError> {
+    let Some(status) = shared.store.status(job).await? else {
+        return Ok(http::text(
+            StatusCode::NOT_FOUND,
+            format!("no job `{job}`\n"),
+        ));
     };
-    let failures = shared
-        .store
-        .failures(job)
-        .await
-        .map_err(|e| e.to_string())?;
-    let partitions = shared
-        .store
-        .partition_progress(&status)
-        .await
-        .map_err(|e| e.to_string())?;
+    let failures = shared.store.failures(job).await?;
+    let partitions = shared.store.partition_progress(&status).await?;
     let mut value = views::status_json(&status, &failures, views::now());
     value["partitions"] = json!(partitions);
-    Ok(Response::json(&value))
+    Ok(http::json(&value))
 }
 
 async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: CancellationToken) {
     let topology = Topology::new(&config.connection.namespace);
+    // A URL the client refuses is reported on every refresh, like an API that is down.
+    let management =
+        ManagementApi::new(&config.management_url).map_err(|error| http::error_chain(&error));
     let mut amqp: Option<lapin::Connection> = None;
     loop {
         let now = views::now();
@@ -183,19 +213,20 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
         if let Some(connection) = &amqp {
             match views::amqp_queue_counts(connection, &topology).await {
                 Ok(mut stats) => {
-                    if let Err(error) = views::add_unacked(
-                        &mut stats,
-                        &config.management_url,
-                        &config.connection.amqp_url,
-                    )
-                    .await
-                    {
-                        errors.push(format!("unacked counts unavailable: {error}"));
+                    let added = match &management {
+                        Ok(api) => api
+                            .add_unacked(&mut stats, &config.connection.amqp_url)
+                            .await
+                            .map_err(|error| http::error_chain(&error)),
+                        Err(why) => Err(why.clone()),
+                    };
+                    if let Err(why) = added {
+                        errors.push(format!("unacked counts unavailable: {why}"));
                     }
                     queues = stats;
                 }
                 Err(error) => {
-                    errors.push(format!("queues: {error}"));
+                    errors.push(format!("queues: {}", http::error_chain(&error)));
                     amqp = None;
                 }
             }

@@ -13,14 +13,14 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`args`] | flags shared by every binary (connection, exec, monitoring) and their env twins |
+//! | [`args`] | flags shared by every binary (connection, exec, monitoring, consuming) and their env twins |
 //! | [`services`] | `worker_main` and `reducer_main`: a service with its monitor, to an exit code |
 //! | [`producer`] | `producer_main` and its subcommands |
 //! | [`views`] | read-only views for people and scripts: status, jobs, workers, queues |
 //! | [`watch`] | following a job: progress bar or plain lines |
 //! | [`dashboard`] | the web dashboard of `producer dashboard` |
 //! | [`monitor`] | a service's endpoints and heartbeat |
-//! | [`http`] | the HTTP server and client under the endpoints above |
+//! | [`http`] | serving the endpoints above (axum over hyper) and the HTTP(S) client of the management API and `probe` (reqwest over rustls) |
 //! | [`datagen`] | deterministic sample data for demos and benchmarks |
 //! | [`telemetry`], [`shutdown`] | log setup; signals to a cancellation token |
 

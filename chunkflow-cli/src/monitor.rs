@@ -20,8 +20,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+
 use crate::args::MonitorArgs;
-use crate::http::{self, Request, Response};
+use crate::http;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -68,12 +74,14 @@ pub struct Monitor {
 
 impl Monitor {
     /// Stops the heartbeat (deleting the record, so the process leaves `producer workers`
-    /// at once) and the endpoints. Call after the service stopped.
+    /// at once) and the endpoints (letting requests in hand finish). Call after the service
+    /// stopped.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.heartbeat).await;
         if let Some(server) = self.server {
-            server.abort();
+            // `http::serve` bounds its own wait for requests in hand; this bounds the rest.
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
     }
 }
@@ -96,10 +104,9 @@ pub async fn start(
             })?;
             let bound = http::local_addr(&listener);
             tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-            let health = health.clone();
             let server = tokio::spawn(http::serve(
                 listener,
-                move |request| endpoint(request, ttl, health.clone()),
+                endpoints(ttl, health.clone()),
                 stop.clone(),
             ));
             (Some(server), Some(bound))
@@ -134,19 +141,36 @@ pub async fn start(
     })
 }
 
-async fn endpoint(request: Request, ttl: Duration, health: Arc<ServiceHealth>) -> Response {
-    match request.path.as_str() {
-        "/metrics" => Response::new(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render_metrics(),
+/// `/metrics`, `/healthz` and `/readyz` over the service's health; readiness needs a
+/// Redis answer within `ttl`.
+fn endpoints(ttl: Duration, health: Arc<ServiceHealth>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                http::body(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    render_metrics(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { http::text(StatusCode::OK, "ok\n") }),
+        )
+        .route("/readyz", get(readyz))
+        .fallback(http::not_found)
+        .with_state((ttl, health))
+}
+
+async fn readyz(State((ttl, health)): State<(Duration, Arc<ServiceHealth>)>) -> Response {
+    match health.readiness(ttl) {
+        Ok(()) => http::text(StatusCode::OK, "ready\n"),
+        Err(why) => http::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
         ),
-        "/healthz" => Response::text(200, "ok\n"),
-        "/readyz" => match health.readiness(ttl) {
-            Ok(()) => Response::text(200, "ready\n"),
-            Err(why) => Response::text(503, format!("not ready: {why}\n")),
-        },
-        _ => Response::not_found(),
     }
 }
 

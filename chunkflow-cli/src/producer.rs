@@ -1,6 +1,10 @@
 //! The `producer` command line: submit jobs (to the cluster or `--local`), follow them,
-//! print their results, generate sample data. A shell over [`crate::producer`] and
-//! [`crate::local`]; `anyhow` lives here, at the edge.
+//! print their results, generate sample data. A shell over [`chunkflow::producer`] and
+//! [`chunkflow::local`]; `anyhow` lives here, at the edge.
+//!
+//! Exit codes: 0 on success, also when the reader of standard output closed it early
+//! (`producer result JOB | head`: it has what it wanted); 2 for a usage error; 1 for any
+//! other failure, its causes printed once each on one line.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::args::ConnectionArgs;
 use crate::args::ExecArgs;
+use crate::http::{error_chain, HttpClient, HttpUrl};
 use crate::views;
 use chunkflow::config::{parse_duration, ConnectionConfig};
 use chunkflow::job::JobId;
@@ -120,7 +125,7 @@ enum Command {
     /// Exit 0 if URL answers HTTP 200 within 3 s (a healthcheck for images without curl:
     /// `producer probe http://127.0.0.1:9090/readyz`).
     Probe {
-        /// An http:// URL.
+        /// An http:// or https:// URL.
         url: String,
     },
 }
@@ -345,15 +350,35 @@ pub fn producer_main(registry: JobRegistry) -> ExitCode {
     };
     match runtime.block_on(run(cli, registry)) {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            let usage = matches!(
-                error.downcast_ref::<ProducerError>(),
-                Some(ProducerError::Usage(_))
-            );
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
+        Err(error) => match failure_exit_code(&error) {
+            // The reader of standard output went away (`producer result JOB | head`): it
+            // has what it wanted, so this is success, silently.
+            None => ExitCode::SUCCESS,
+            Some(code) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(code)
+            }
+        },
     }
+}
+
+/// The exit code of a failed command: 2 for a usage error, 1 for any other, and `None`
+/// (success) when standard output was closed by its reader.
+fn failure_exit_code(error: &anyhow::Error) -> Option<u8> {
+    match error.downcast_ref::<ProducerError>() {
+        Some(error) if error.is_closed_output() => None,
+        Some(ProducerError::Usage(_)) => Some(2),
+        _ => Some(1),
+    }
+}
+
+/// Writes `text` to standard output, flushed; a failure (a closed pipe included) is an
+/// output error.
+fn print_out(text: &str) -> Result<(), ProducerError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(ProducerError::Output)
 }
 
 async fn connect_store(connection: &ConnectionConfig) -> anyhow::Result<Store> {
@@ -382,9 +407,12 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let failures = store.failures(&job).await?;
             let now = views::now();
             if json {
-                println!("{}", views::status_json(&status, &failures, now));
+                print_out(&format!(
+                    "{}\n",
+                    views::status_json(&status, &failures, now)
+                ))?;
             } else {
-                print!("{}", views::status_text(&status, &failures, now));
+                print_out(&views::status_text(&status, &failures, now))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -397,9 +425,9 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|status| views::job_summary_json(status, now))
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                print_out(&format!("{}\n", serde_json::Value::Array(list)))?;
             } else {
-                print!("{}", views::jobs_text(&jobs, now));
+                print_out(&views::jobs_text(&jobs, now))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -408,9 +436,9 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let keys = chunkflow::store::keys::Keys::new(&connection.namespace);
             let records = chunkflow::store::presence::list(&mut redis, &keys).await?;
             if json {
-                println!("{}", serde_json::to_string(&records)?);
+                print_out(&format!("{}\n", serde_json::to_string(&records)?))?;
             } else {
-                print!("{}", views::workers_text(&records, views::now()));
+                print_out(&views::workers_text(&records, views::now()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -418,9 +446,9 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let url = management.url(&connection);
             let report = views::queues(&connection, &url).await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                print_out(&format!("{}\n", serde_json::to_string(&report)?))?;
             } else {
-                print!("{}", views::queues_text(&report));
+                print_out(&views::queues_text(&report))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -449,19 +477,21 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { url } => {
-            let parsed = crate::http::HttpUrl::parse(&url)?;
-            match crate::http::get(&parsed, Duration::from_secs(3)).await {
-                Ok((200, _)) => Ok(ExitCode::SUCCESS),
+            let parsed = HttpUrl::parse(&url)?;
+            let client = HttpClient::new(Duration::from_secs(3))?;
+            match client.get(&parsed).await {
+                Ok((status, _)) if status == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
                 Ok((status, body)) => {
                     eprintln!(
-                        "{}: HTTP {status}: {}",
+                        "{}: HTTP {}: {}",
                         parsed.redacted(),
+                        status.as_u16(),
                         String::from_utf8_lossy(&body).trim()
                     );
                     Ok(ExitCode::FAILURE)
                 }
                 Err(error) => {
-                    eprintln!("{error}");
+                    eprintln!("{}", error_chain(&error));
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -488,7 +518,11 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
                 _ => crate::datagen::write_text(&mut out, size, seed, args.vocabulary),
             }
             .and_then(|_| out.flush())
-            .context("writing generated data")?;
+            .map_err(ProducerError::Output)
+            .with_context(|| match &args.output {
+                Some(path) => format!("writing {}", path.display()),
+                None => "writing generated data to standard output".to_string(),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Result { job } => {
@@ -497,8 +531,7 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
             let registry = registry.with_exec(cli.exec.settings(ExecRole::Submit));
             let status = producer::write_result(&store, &registry, &job, &mut out).await?;
-            out.flush()
-                .context("writing the result to standard output")?;
+            out.flush().map_err(ProducerError::Output)?;
             report_skipped(
                 status
                     .counters
@@ -539,8 +572,7 @@ fn submit_local(registry: &JobRegistry, args: SubmitArgs) -> anyhow::Result<Exit
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let outcome = chunkflow::local::run_local(registry, &options, args.threads, &mut out)?;
-    out.flush()
-        .context("writing the result to standard output")?;
+    out.flush().map_err(ProducerError::Output)?;
     if !args.quiet {
         let counters: Vec<String> = outcome
             .counters
@@ -586,4 +618,27 @@ async fn submit(
         .await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn exit_codes_follow_the_error_class() {
+        let closed = anyhow::Error::from(ProducerError::Output(Error::from(ErrorKind::BrokenPipe)));
+        assert_eq!(failure_exit_code(&closed), None);
+        assert_eq!(
+            failure_exit_code(&closed.context("writing generated data to standard output")),
+            None
+        );
+        let full = anyhow::Error::from(ProducerError::Output(Error::from(ErrorKind::StorageFull)));
+        assert_eq!(failure_exit_code(&full), Some(1));
+        let usage = anyhow::Error::from(ProducerError::Usage("--partitions".into()));
+        assert_eq!(failure_exit_code(&usage), Some(2));
+        // A broken pipe elsewhere (a lost connection) is a failure, not a closed output.
+        let socket = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe));
+        assert_eq!(failure_exit_code(&socket), Some(1));
+    }
 }

@@ -16,7 +16,7 @@ use chunkflow::jobs::exec::ExecRole;
 use chunkflow::jobs::JobRegistry;
 use clap::Parser;
 
-use crate::args::{ConnectionArgs, ExecArgs, MonitorArgs};
+use crate::args::{ConnectionArgs, ConsumerArgs, ConsumerDefaults, ExecArgs, MonitorArgs};
 
 /// Consume map tasks: map and combine each chunk, commit its output to every partition in
 /// Redis in one atomic step, then ack. Run as many as you like; stop with SIGTERM or SIGINT
@@ -33,25 +33,14 @@ struct WorkerCli {
     #[command(flatten)]
     log: crate::telemetry::LogArgs,
 
-    /// Deliveries the broker may hand this process ahead of the one in progress (per
-    /// consume loop). One keeps a worker's memory to about three chunks.
-    #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 1)]
-    prefetch: u16,
-
-    /// Chunks processed at once by this process (each with its own channel).
-    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrency: u16,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
 
     /// Deliveries of one chunk (panics, or a worker dying on it) before its job is failed
     /// and the chunk dead-lettered (1 to 19).
     #[arg(long, env = "CHUNKFLOW_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=chunkflow::worker::MAX_ATTEMPTS_LIMIT as i64))]
     max_attempts: u32,
-
-    /// After SIGTERM, how long the chunk in hand may take before it is given back to the
-    /// queue (match the container's stop grace period).
-    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = parse_duration)]
-    grace_period: Duration,
 
     #[command(flatten)]
     exec: ExecArgs,
@@ -72,22 +61,13 @@ struct ReducerCli {
     #[command(flatten)]
     log: crate::telemetry::LogArgs,
 
-    /// Deliveries the broker may hand this process ahead of the one in progress.
-    #[arg(long, env = "CHUNKFLOW_PREFETCH", default_value_t = 2)]
-    prefetch: u16,
-
-    /// Partitions reduced at once by this process (each with its own channel).
-    #[arg(long, env = "CHUNKFLOW_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrency: u16,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
 
     /// Lease on a partition while reducing it; renewed every third of it. A reducer that
     /// stalls longer loses the partition to another and its late commit is refused.
     #[arg(long, env = "CHUNKFLOW_LEASE", default_value = "30s", value_parser = parse_duration)]
     lease: Duration,
-
-    /// After SIGTERM, how long the partition in hand may take before it is given back.
-    #[arg(long, env = "CHUNKFLOW_GRACE_PERIOD", default_value = "25s", value_parser = parse_duration)]
-    grace_period: Duration,
 
     /// Fail a running job whose producer stopped publishing (and heartbeating) this long
     /// before sealing it.
@@ -153,13 +133,14 @@ pub fn worker_main(registry: JobRegistry) -> ExitCode {
     crate::telemetry::init_with("info", cli.log.log_format);
     let connection = cli.connection.config();
     let health = Arc::new(ServiceHealth::new());
+    let consumer = cli.consumer.settings(ConsumerDefaults::WORKER);
     let config = chunkflow::worker::WorkerConfig {
         connection: connection.clone(),
         health: health.clone(),
-        prefetch: cli.prefetch,
-        concurrency: usize::from(cli.concurrency),
+        prefetch: consumer.prefetch,
+        concurrency: consumer.concurrency,
         max_attempts: cli.max_attempts,
-        grace_period: cli.grace_period,
+        grace_period: consumer.grace_period,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Map)),
     };
     run_service("worker", &cli.monitor, &connection, health, |shutdown| {
@@ -173,17 +154,69 @@ pub fn reducer_main(registry: JobRegistry) -> ExitCode {
     crate::telemetry::init_with("info", cli.log.log_format);
     let connection = cli.connection.config();
     let health = Arc::new(ServiceHealth::new());
+    let consumer = cli.consumer.settings(ConsumerDefaults::REDUCER);
     let config = chunkflow::reducer::ReducerConfig {
         connection: connection.clone(),
         health: health.clone(),
-        prefetch: cli.prefetch,
-        concurrency: usize::from(cli.concurrency),
+        prefetch: consumer.prefetch,
+        concurrency: consumer.concurrency,
         lease: cli.lease.max(Duration::from_millis(300)),
-        grace_period: cli.grace_period,
+        grace_period: consumer.grace_period,
         producer_timeout: cli.producer_timeout,
         registry: registry.with_exec(cli.exec.settings(ExecRole::Reduce)),
     };
     run_service("reducer", &cli.monitor, &connection, health, |shutdown| {
         chunkflow::reducer::run(config, shutdown)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_defaults_follow_the_role() {
+        let worker = WorkerCli::try_parse_from(["worker"]).unwrap();
+        let settings = worker.consumer.settings(ConsumerDefaults::WORKER);
+        assert_eq!((settings.prefetch, settings.concurrency), (1, 1));
+        assert_eq!(settings.grace_period, Duration::from_secs(25));
+        let reducer = ReducerCli::try_parse_from(["reducer"]).unwrap();
+        let settings = reducer.consumer.settings(ConsumerDefaults::REDUCER);
+        assert_eq!((settings.prefetch, settings.concurrency), (2, 2));
+
+        let given = ReducerCli::try_parse_from([
+            "reducer",
+            "--prefetch",
+            "7",
+            "--concurrency",
+            "3",
+            "--grace-period",
+            "5s",
+        ])
+        .unwrap();
+        let settings = given.consumer.settings(ConsumerDefaults::REDUCER);
+        assert_eq!((settings.prefetch, settings.concurrency), (7, 3));
+        assert_eq!(settings.grace_period, Duration::from_secs(5));
+        assert!(WorkerCli::try_parse_from(["worker", "--concurrency", "0"]).is_err());
+        assert!(WorkerCli::try_parse_from(["worker", "--concurrency", "65"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_consumer_flag_with_its_env_twin() {
+        use clap::CommandFactory;
+        for mut command in [WorkerCli::command(), ReducerCli::command()] {
+            let help = command.render_long_help().to_string();
+            for (flag, env) in [
+                ("--prefetch", "CHUNKFLOW_PREFETCH"),
+                ("--concurrency", "CHUNKFLOW_CONCURRENCY"),
+                ("--grace-period", "CHUNKFLOW_GRACE_PERIOD"),
+            ] {
+                assert!(help.contains(flag), "{flag} missing:\n{help}");
+                assert!(
+                    help.contains(&format!("[env: {env}")),
+                    "{env} missing:\n{help}"
+                );
+            }
+        }
+    }
 }

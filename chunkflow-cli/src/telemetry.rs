@@ -34,10 +34,14 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// Targets silenced unless `RUST_LOG` says otherwise: the TLS certificate verifier logs a
+/// failed verification as an error that the failed request reports again.
+const QUIET_TARGETS: &str = "rustls_platform_verifier=off";
+
 /// Installs the global subscriber in `format`.
 pub fn init_with(default_filter: &str, format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},{QUIET_TARGETS}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

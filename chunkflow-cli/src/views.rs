@@ -12,11 +12,13 @@
 
 use std::time::Duration;
 
+use url::Url;
+
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, HttpUrl};
+use crate::http::{error_chain, HttpClient, HttpError, HttpUrl};
 use chunkflow::broker::topology::{self, Topology};
 use chunkflow::config::{redact_url, ConnectionConfig};
 use chunkflow::job::{now_ms, JobState, JobStatus};
@@ -276,7 +278,7 @@ pub struct QueuesReport {
 pub enum QueuesError {
     #[error(transparent)]
     Connect(#[from] topology::ConnectError),
-    #[error("broker: {0}")]
+    #[error("reading queue depths from RabbitMQ failed")]
     Broker(#[from] lapin::Error),
 }
 
@@ -284,12 +286,17 @@ pub enum QueuesError {
 pub fn default_management_url(amqp_url: &str) -> Option<String> {
     let uri: lapin::uri::AMQPUri = amqp_url.parse().ok()?;
     let user = &uri.authority.userinfo;
-    Some(format!(
-        "http://{}:{}@{}:15672",
-        http::percent_encode(&user.username),
-        http::percent_encode(&user.password),
-        uri.authority.host
-    ))
+    let host = &uri.authority.host;
+    let mut url = Url::parse("http://127.0.0.1:15672").ok()?;
+    if host.contains(':') {
+        url.set_host(Some(&format!("[{host}]"))).ok()?;
+    } else {
+        url.set_host(Some(host)).ok()?;
+    }
+    // `set_username` and `set_password` percent-encode what needs it.
+    url.set_username(&user.username).ok()?;
+    url.set_password(Some(&user.password)).ok()?;
+    Some(url.as_str().trim_end_matches('/').to_string())
 }
 
 fn vhost(amqp_url: &str) -> String {
@@ -325,45 +332,90 @@ pub async fn amqp_queue_counts(
     Ok(stats)
 }
 
-/// Adds unacked counts from the management API to `stats`; `Err` says why it could not.
-pub async fn add_unacked(
-    stats: &mut [QueueStats],
-    management: &str,
-    amqp_url: &str,
-) -> Result<(), String> {
-    let base = HttpUrl::parse(management).map_err(|e| e.to_string())?;
-    let path = format!(
-        "/api/queues/{}?columns=name,messages_unacknowledged",
-        http::percent_encode(&vhost(amqp_url))
-    );
-    let url = base.with_path(&path);
-    let (status, body) = http::get(&url, Duration::from_secs(3))
-        .await
-        .map_err(|e| e.to_string())?;
-    if status != 200 {
-        return Err(format!(
-            "{} answered HTTP {status}{}",
-            url.redacted(),
-            if status == 401 {
-                " (wrong credentials?)"
-            } else {
-                ""
-            }
-        ));
+/// Deadline of one management API request.
+const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the management API gave no unacked counts. URLs are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("{url} answered HTTP {status}{hint}")]
+    Status {
+        url: String,
+        status: u16,
+        hint: &'static str,
+    },
+    #[error("{url} sent invalid JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The RabbitMQ management API (`http://` or `https://`, credentials in the URL): the
+/// unacknowledged counts AMQP cannot tell. Build one and reuse it.
+#[derive(Debug, Clone)]
+pub struct ManagementApi {
+    base: HttpUrl,
+    client: HttpClient,
+}
+
+impl ManagementApi {
+    /// The API at `url`, each request with a deadline of a few seconds.
+    pub fn new(url: &str) -> Result<ManagementApi, HttpError> {
+        Ok(ManagementApi {
+            base: HttpUrl::parse(url)?,
+            client: HttpClient::new(MANAGEMENT_TIMEOUT)?,
+        })
     }
-    let queues: Vec<Value> = serde_json::from_slice(&body)
-        .map_err(|e| format!("{} sent invalid JSON: {e}", url.redacted()))?;
-    for stat in stats.iter_mut() {
-        let found = queues
-            .iter()
-            .find(|q| q["name"].as_str() == Some(stat.queue.as_str()));
-        stat.unacked = Some(
-            found
-                .and_then(|q| q["messages_unacknowledged"].as_u64())
-                .unwrap_or(0),
+
+    /// The API's URL, password redacted.
+    pub fn redacted_url(&self) -> String {
+        self.base.redacted()
+    }
+
+    /// Adds unacked counts to `stats` (0 for a queue the API does not list).
+    pub async fn add_unacked(
+        &self,
+        stats: &mut [QueueStats],
+        amqp_url: &str,
+    ) -> Result<(), ManagementError> {
+        let vhost = vhost(amqp_url);
+        let url = self.base.with_path(
+            &["api", "queues", &vhost],
+            Some("columns=name,messages_unacknowledged"),
         );
+        let (status, body) = self.client.get(&url).await?;
+        if status != reqwest::StatusCode::OK {
+            return Err(ManagementError::Status {
+                url: url.redacted(),
+                status: status.as_u16(),
+                hint: if status == reqwest::StatusCode::UNAUTHORIZED {
+                    " (wrong credentials?)"
+                } else {
+                    ""
+                },
+            });
+        }
+        let queues: Vec<Value> =
+            serde_json::from_slice(&body).map_err(|source| ManagementError::Json {
+                url: url.redacted(),
+                source,
+            })?;
+        for stat in stats.iter_mut() {
+            let found = queues
+                .iter()
+                .find(|q| q["name"].as_str() == Some(stat.queue.as_str()));
+            stat.unacked = Some(
+                found
+                    .and_then(|q| q["messages_unacknowledged"].as_u64())
+                    .unwrap_or(0),
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Queue depths of the namespace, with unacked counts when the management API answers.
@@ -376,14 +428,16 @@ pub async fn queues(
     let counted = amqp_queue_counts(&amqp, &topology).await;
     let _ = amqp.close(200, "done".into()).await;
     let mut stats = counted?;
-    let management_error = add_unacked(&mut stats, management, &connection.amqp_url)
-        .await
-        .err();
+    let (management_url, management_error) = match ManagementApi::new(management) {
+        Ok(api) => {
+            let added = api.add_unacked(&mut stats, &connection.amqp_url).await;
+            (api.redacted_url(), added.err().map(|e| error_chain(&e)))
+        }
+        Err(error) => (redact_url(management), Some(error_chain(&error))),
+    };
     Ok(QueuesReport {
         queues: stats,
-        management_url: HttpUrl::parse(management)
-            .map(|u| u.redacted())
-            .unwrap_or_else(|_| redact_url(management)),
+        management_url,
         management_error,
     })
 }

@@ -1,5 +1,7 @@
 //! Connection settings shared by every process, validation of names that become part of
 //! keys and queue names, durations as people write them, and redaction of secrets in URLs.
+//! The parsers return small typed errors whose messages say what to write instead, so they
+//! serve as clap value parsers unchanged.
 //!
 //! The command lines build a [`ConnectionConfig`] from flags; nothing here parses a command
 //! line. Passwords in URLs are never printed: [`redact_url`] is used wherever a URL reaches
@@ -137,26 +139,38 @@ fn is_safe_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// A namespace that cannot become part of keys and queue names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a valid namespace: use 1 to 64 letters, digits, `-` or `_`")]
+pub struct InvalidNamespace(pub String);
+
 /// Validates a namespace: 1 to 64 of `[A-Za-z0-9_-]`.
-pub fn parse_namespace(text: &str) -> Result<String, String> {
+pub fn parse_namespace(text: &str) -> Result<String, InvalidNamespace> {
     if text.is_empty() || text.len() > 64 || !text.chars().all(is_safe_char) {
-        return Err(format!(
-            "`{text}` is not a valid namespace: use 1 to 64 letters, digits, `-` or `_`"
-        ));
+        return Err(InvalidNamespace(text.to_string()));
     }
     Ok(text.to_string())
 }
 
+/// A duration people wrote that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{text}` is not a duration: use e.g. 500ms, 30s, 5m, 24h, 7d")]
+    NotADuration { text: String },
+    #[error("`{text}` has an unknown time unit `{unit}`: use ms, s, m, h or d")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// Parses `250ms`, `30s`, `5m`, `24h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: use e.g. 500ms, 30s, 5m, 24h, 7d"))?;
+    let number: u64 = digits.parse().map_err(|_| DurationError::NotADuration {
+        text: text.to_string(),
+    })?;
     let duration = match unit.trim() {
         "ms" => Duration::from_millis(number),
         "" | "s" => Duration::from_secs(number),
@@ -164,9 +178,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(number.saturating_mul(3600)),
         "d" => Duration::from_secs(number.saturating_mul(86_400)),
         other => {
-            return Err(format!(
-                "`{text}` has an unknown time unit `{other}`: use ms, s, m, h or d"
-            ))
+            return Err(DurationError::UnknownUnit {
+                text: text.to_string(),
+                unit: other.to_string(),
+            })
         }
     };
     Ok(duration)
@@ -225,6 +240,10 @@ mod tests {
         for bad in ["", "a.b", "a:b", "a{b}", "a*", "a b", &"x".repeat(65)] {
             assert!(parse_namespace(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_namespace("a.b").unwrap_err().to_string(),
+            "`a.b` is not a valid namespace: use 1 to 64 letters, digits, `-` or `_`"
+        );
     }
 
     #[test]
@@ -232,7 +251,13 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        assert_eq!(
+            parse_duration("5 parsecs").unwrap_err().to_string(),
+            "`5 parsecs` has an unknown time unit `parsecs`: use ms, s, m, h or d"
+        );
+        assert_eq!(
+            parse_duration("").unwrap_err().to_string(),
+            "`` is not a duration: use e.g. 500ms, 30s, 5m, 24h, 7d"
+        );
     }
 }

@@ -195,8 +195,7 @@ pub fn run_local(
                 .unwrap_or_default()
         })
         .collect();
-    write_results(&results, &job.result_format(), out)
-        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))?;
+    write_results(&results, &job.result_format(), out).map_err(ProducerError::Output)?;
     let mut counters = counters.into_inner().unwrap_or_else(|e| e.into_inner());
     counters.insert(
         OUTPUT_RECORDS.to_string(),

@@ -61,21 +61,31 @@ pub struct SubmitOptions {
     pub reconnect_timeout: Duration,
 }
 
-/// Why a producer command failed. Each message names the cause and what to do.
+/// Why a producer command failed. Each message names the cause and what to do, and says
+/// each cause once under `{:#}`: a variant that shows its inner error in its message does
+/// not also make it its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error("{0}; nothing was published")]
-    Input(#[from] InputError),
+    Input(InputError),
+    /// The command line asks for something impossible (exit code 2 in the `producer`).
     #[error("{0}")]
     Usage(String),
     #[error("{0}; the job was marked failed")]
-    Chunk(#[from] ChunkError),
+    Chunk(ChunkError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Connect(#[from] ReconnectError),
     #[error("{0}; the job was marked failed, re-submit it")]
-    Publish(#[from] PublishError),
+    Publish(PublishError),
+    /// The thread reading the inputs panicked or was cancelled.
+    #[error("the input reader stopped unexpectedly")]
+    Reader(#[source] tokio::task::JoinError),
+    /// Writing the result (or other output) failed; a reader that closed the pipe early
+    /// (`producer result JOB | head`) shows as `BrokenPipe`.
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
     #[error("invalid job: {0}")]
     InvalidJob(JobError),
     #[error("job `{job}` {state}: {reason}")]
@@ -113,11 +123,36 @@ pub enum ProducerError {
     },
 }
 
-// Not `#[from]`: that would also make the job error the source, and `{:#}` would print it
+impl ProducerError {
+    /// Whether the output's reader went away (a closed pipe): the command did its part.
+    pub fn is_closed_output(&self) -> bool {
+        matches!(self, ProducerError::Output(error) if error.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+// Not `#[from]`: that would also make the inner error the source, and `{:#}` would print it
 // twice.
 impl From<JobError> for ProducerError {
     fn from(error: JobError) -> Self {
         ProducerError::InvalidJob(error)
+    }
+}
+
+impl From<InputError> for ProducerError {
+    fn from(error: InputError) -> Self {
+        ProducerError::Input(error)
+    }
+}
+
+impl From<ChunkError> for ProducerError {
+    fn from(error: ChunkError) -> Self {
+        ProducerError::Chunk(error)
+    }
+}
+
+impl From<PublishError> for ProducerError {
+    fn from(error: PublishError) -> Self {
+        ProducerError::Publish(error)
     }
 }
 
@@ -452,9 +487,7 @@ impl Submission {
                 )
             });
         }
-        reader
-            .await
-            .map_err(|e| ProducerError::Usage(format!("input reader failed: {e}")))??;
+        reader.await.map_err(ProducerError::Reader)??;
         publisher.flush().await?;
         progress.line(true, || {
             format!(
@@ -719,8 +752,7 @@ pub async fn write_result(
     let format = registry
         .build(&status.spec.kind, &status.spec.params)?
         .result_format();
-    write_results(&present, &format, out)
-        .map_err(|e| ProducerError::Usage(format!("writing the result failed: {e}")))?;
+    write_results(&present, &format, out).map_err(ProducerError::Output)?;
     Ok(status)
 }
 
@@ -758,6 +790,31 @@ mod tests {
         };
         let text = error.to_string();
         assert!(text.contains("ns.map") && text.contains("600s"), "{text}");
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        fn chain(error: &dyn std::error::Error) -> String {
+            let mut text = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+        let input = ProducerError::from(InputError::Empty);
+        assert_eq!(
+            chain(&input),
+            format!("{}; nothing was published", InputError::Empty)
+        );
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let output = ProducerError::Output(pipe);
+        assert_eq!(chain(&output), "cannot write the output: broken pipe");
+        assert!(output.is_closed_output());
+        let full = ProducerError::Output(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!full.is_closed_output());
+        assert!(!ProducerError::Usage("x".into()).is_closed_output());
     }
 
     #[test]

@@ -6,6 +6,17 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A size people wrote that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    #[error("`{text}` is not a size: expected a number of bytes, optionally with a unit (e.g. 65536, 64KiB, 4MiB)")]
+    NotASize { text: String },
+    #[error("`{text}` is too large to be a size")]
+    TooLarge { text: String },
+    #[error("`{text}` has an unknown unit `{unit}`: use B, KiB, MiB or GiB (or kB, MB, GB)")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// A size in bytes, parsed from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -21,22 +32,23 @@ impl ByteSize {
 }
 
 impl FromStr for ByteSize {
-    type Err = String;
+    type Err = ByteSizeError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let too_large = || ByteSizeError::TooLarge {
+            text: text.to_string(),
+        };
         let trimmed = text.trim();
         let split = trimmed
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(trimmed.len());
         let (digits, unit) = trimmed.split_at(split);
         if digits.is_empty() {
-            return Err(format!(
-                "`{text}` is not a size: expected a number of bytes, optionally with a unit (e.g. 65536, 64KiB, 4MiB)"
-            ));
+            return Err(ByteSizeError::NotASize {
+                text: text.to_string(),
+            });
         }
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is too large to be a size"))?;
+        let number: u64 = digits.parse().map_err(|_| too_large())?;
         let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => Self::KIB,
@@ -46,15 +58,16 @@ impl FromStr for ByteSize {
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
             other => {
-                return Err(format!(
-                    "`{text}` has an unknown unit `{other}`: use B, KiB, MiB or GiB (or kB, MB, GB)"
-                ))
+                return Err(ByteSizeError::UnknownUnit {
+                    text: text.to_string(),
+                    unit: other.to_string(),
+                })
             }
         };
         number
             .checked_mul(multiplier)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large to be a size"))
+            .ok_or_else(too_large)
     }
 }
 
@@ -106,7 +119,10 @@ mod tests {
     fn rejects_garbage() {
         assert!("".parse::<ByteSize>().is_err());
         assert!("MiB".parse::<ByteSize>().is_err());
-        assert!("4XB".parse::<ByteSize>().is_err());
+        assert_eq!(
+            "4XB".parse::<ByteSize>().unwrap_err().to_string(),
+            "`4XB` has an unknown unit `xb`: use B, KiB, MiB or GiB (or kB, MB, GB)"
+        );
         assert!("-1".parse::<ByteSize>().is_err());
         assert!("99999999999999999999".parse::<ByteSize>().is_err());
         assert!("99999999999GiB".parse::<ByteSize>().is_err());

@@ -50,17 +50,38 @@ pub struct Program {
     pub args: Vec<String>,
 }
 
+/// Why an `--allow-exec` entry cannot be read; each message quotes the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error("--allow-exec {text:?}: expected NAME=PROGRAM [ARGS]")]
+    MissingName { text: String },
+    #[error("--allow-exec {text:?}: {name}")]
+    BadName { text: String, name: BadProgramName },
+    #[error("--allow-exec {text:?}: the program is empty")]
+    EmptyProgram { text: String },
+}
+
+/// A program name outside `[A-Za-z0-9._-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("program name {0:?} must be 1 to 64 letters, digits, `-`, `_` or `.`")]
+pub struct BadProgramName(pub String);
+
 impl Program {
     /// Parses `NAME=PROGRAM [ARGS]` (arguments separated by spaces; no shell quoting).
-    pub fn parse(text: &str) -> Result<Program, String> {
+    pub fn parse(text: &str) -> Result<Program, ProgramError> {
         let (name, command) = text
             .split_once('=')
-            .ok_or_else(|| format!("--allow-exec {text:?}: expected NAME=PROGRAM [ARGS]"))?;
-        check_name(name).map_err(|e| format!("--allow-exec {text:?}: {e}"))?;
+            .ok_or_else(|| ProgramError::MissingName {
+                text: text.to_string(),
+            })?;
+        check_name(name).map_err(|name| ProgramError::BadName {
+            text: text.to_string(),
+            name,
+        })?;
         let mut words = command.split_ascii_whitespace().map(str::to_string);
-        let program = words
-            .next()
-            .ok_or_else(|| format!("--allow-exec {text:?}: the program is empty"))?;
+        let program = words.next().ok_or_else(|| ProgramError::EmptyProgram {
+            text: text.to_string(),
+        })?;
         Ok(Program {
             name: name.to_string(),
             program,
@@ -69,7 +90,7 @@ impl Program {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), BadProgramName> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -78,9 +99,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "program name {name:?} must be 1 to 64 letters, digits, `-`, `_` or `.`"
-        ))
+        Err(BadProgramName(name.to_string()))
     }
 }
 
@@ -133,9 +152,9 @@ pub fn build(
 ) -> Result<Arc<dyn Job>, JobError> {
     let p: Params = params::parse(KIND, params)
         .map_err(|e| JobError::new(format!("{e} (exec needs --mapper NAME)")))?;
-    check_name(&p.mapper).map_err(JobError::new)?;
+    check_name(&p.mapper).map_err(|e| JobError::new(e.to_string()))?;
     if let Some(reducer) = &p.reducer {
-        check_name(reducer).map_err(JobError::new)?;
+        check_name(reducer).map_err(|e| JobError::new(e.to_string()))?;
     }
     let (need_mapper, need_reducer, process) = match settings.role {
         ExecRole::Submit => {
@@ -528,7 +547,10 @@ mod tests {
         );
         assert_eq!(p.args, vec!["-u", "m.py"]);
         assert!(Program::parse("wc").is_err());
-        assert!(Program::parse("w c=/bin/true").is_err());
+        assert_eq!(
+            Program::parse("w c=/bin/true").unwrap_err().to_string(),
+            "--allow-exec \"w c=/bin/true\": program name \"w c\" must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        );
         assert!(Program::parse("wc=  ").is_err());
     }
 
