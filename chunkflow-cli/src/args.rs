@@ -18,6 +18,8 @@ use chunkflow::jobs::exec::{ExecRole, ExecSettings, Program};
 use chunkflow::size::ByteSize;
 
 /// Where the broker and Redis are, and which namespace of them this deployment uses.
+// The `[default: ...]` in the help texts below is what `--help` shows, not a doc link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Clone)]
 pub struct ConnectionArgs {
     /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]

@@ -158,8 +158,6 @@ async fn job(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Re
 enum DetailError {
     #[error(transparent)]
     Store(#[from] chunkflow::store::StoreError),
-    #[error("reading the job's failures and partitions from Redis failed")]
-    Redis(#[from] deadpool_redis::redis::RedisError),
 }
 
 async fn job_detail(shared: &Shared, job: &str) -> Result<Response, DetailError> {

@@ -1,5 +1,8 @@
 //! Single-threaded map + reduce of wordcount over a file, for profiling the pure core:
 //! `cargo run --release --example mapbench -- FILE [CHUNK_SIZE]`.
+
+// Test and benchmark code: a failed unwrap is a failed run, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Instant;
 
 use chunkflow::chunker::Chunker;

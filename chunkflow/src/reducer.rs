@@ -40,7 +40,7 @@ use crate::jobs::{Job, JobRegistry, JobSpec};
 use crate::protocol::messages::ReduceTask;
 use crate::protocol::reduce::{self, ReduceAction};
 use crate::protocol::{store_disposition, Disposition};
-use crate::store::{Store, StoreError};
+use crate::store::{ReduceStart, Store, StoreError};
 
 /// Reducer settings.
 #[derive(Debug, Clone)]
@@ -103,50 +103,21 @@ struct ReduceHandler {
 }
 
 impl ReduceHandler {
-    /// Loads the task's job, decides the delivery step by step, and carries the decision
-    /// out.
+    /// Begins the partition's reduce (job state, `reduced` mark, lease and outputs in one
+    /// round trip), decides the delivery step by step, and carries the decision out.
     async fn process(&mut self, task: ReduceTask) -> Result<Disposition, StoreError> {
-        let Some(status) = self.store.status(&task.job_id).await? else {
-            return Ok(Disposition::DeadLetter(reduce::missing_job_reason(
-                &task.job_id,
-            )));
-        };
-        let total = status.total_chunks.unwrap_or(0);
-        let action = self
-            .lease_and_reduce(task.partition, &status.spec, status.state, total)
-            .await?;
-        Ok(self.carry_out(action, &status.spec).await)
-    }
-
-    /// Checks the task, takes the partition's lease, and reduces under it (renewing it);
-    /// ends in what to do with the delivery.
-    async fn lease_and_reduce(
-        &mut self,
-        partition: u32,
-        spec: &JobSpec,
-        state: JobState,
-        total: u64,
-    ) -> Result<ReduceAction, StoreError> {
-        if let ControlFlow::Break(action) = reduce::on_task(partition, spec.partitions, state) {
-            return Ok(action);
-        }
-        let reduced = self.store.is_reduced(&spec.id, partition).await?;
-        if let ControlFlow::Break(action) = reduce::on_reduced(reduced) {
-            return Ok(action);
-        }
-        let code = match self.registry.build(&spec.kind, &spec.params) {
-            Ok(code) => code,
-            Err(error) => return Ok(reduce::unbuildable(&error)),
-        };
-        let leased = self
+        let partition = task.partition;
+        let begun = self
             .store
-            .acquire_lease(&spec.id, partition, self.lease)
+            .begin_reduce(&task.job_id, partition, self.lease)
             .await?;
-        let token = match reduce::after_lease(leased, partition) {
-            ControlFlow::Continue(token) => token,
-            ControlFlow::Break(action) => return Ok(action),
+        let start = match reduce::on_begin(begun, &task.job_id, partition) {
+            ControlFlow::Continue(start) => start,
+            ControlFlow::Break(action) => return Ok(self.carry_out(action, None).await),
         };
-        tracing::debug!(token, "lease acquired");
+        tracing::debug!(token = start.token, "lease acquired");
+        let spec = start.spec.clone();
+        let token = start.token;
         // Keep the lease while working; a stalled process stops renewing and loses it.
         let renewer = {
             let store = self.store.clone();
@@ -166,33 +137,37 @@ impl ReduceHandler {
                 }
             })
         };
-        let result = self
-            .reduce_and_commit(spec, total, partition, token, code)
-            .await;
+        let action = self.reduce_and_commit(partition, start).await;
         renewer.abort();
-        result
+        Ok(self.carry_out(action?, Some(&spec)).await)
     }
 
+    /// Reduces a partition under its lease and commits the result; ends in what to do with
+    /// the delivery.
     async fn reduce_and_commit(
         &self,
-        spec: &JobSpec,
-        total: u64,
         partition: u32,
-        token: u64,
-        code: Arc<dyn Job>,
+        start: ReduceStart,
     ) -> Result<ReduceAction, StoreError> {
-        let (partials, committed) = self.store.partition_partials(&spec.id, partition).await?;
+        let ReduceStart {
+            spec,
+            total_chunks,
+            token,
+            partials,
+            committed_outputs,
+        } = start;
         let held = partials.iter().map(|(chunk, _)| *chunk);
-        if !reduce::partition_is_complete(held, committed, total) {
-            // A concurrent reducer may have finished this partition and deleted its data.
-            let reduced = self.store.is_reduced(&spec.id, partition).await?;
+        if !reduce::partition_is_complete(held, committed_outputs, total_chunks.unwrap_or(0)) {
             return Ok(reduce::on_incomplete(
                 partition,
                 partials.len(),
-                committed,
-                reduced,
+                committed_outputs,
             ));
         }
+        let code: Arc<dyn Job> = match self.registry.build(&spec.kind, &spec.params) {
+            Ok(code) => code,
+            Err(error) => return Ok(reduce::unbuildable(&error)),
+        };
         if self.faults.reduce_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.faults.reduce_delay_ms)).await;
         }
@@ -215,14 +190,14 @@ impl ReduceHandler {
         let commit_started = std::time::Instant::now();
         let outcome = self
             .store
-            .commit_partition(spec, partition, token, &output)
+            .commit_partition(&spec, partition, token, &output)
             .await;
         crate::metrics::committed("reducer", commit_started.elapsed());
         Ok(reduce::after_commit(outcome?, &spec.id, partition, token))
     }
 
     /// Carries out a decision: the only place a reduce task fails its job.
-    async fn carry_out(&self, action: ReduceAction, spec: &JobSpec) -> Disposition {
+    async fn carry_out(&self, action: ReduceAction, spec: Option<&JobSpec>) -> Disposition {
         match action {
             ReduceAction::Ack => Disposition::Ack,
             ReduceAction::Succeeded => {
@@ -239,6 +214,10 @@ impl ReduceHandler {
                 Disposition::Ack
             }
             ReduceAction::FailJob(reason) => {
+                let Some(spec) = spec else {
+                    // Only a task whose job was read can fail it; without one, reject it.
+                    return Disposition::DeadLetter(reason);
+                };
                 tracing::error!(job_id = %spec.id, reason = %reason, "failing job");
                 match self.store.end_job(spec, JobState::Failed, &reason).await {
                     Ok(_) => Disposition::Ack,

@@ -13,8 +13,11 @@
 //! | [`services`] | the shared RabbitMQ and Redis: connections, `wait_for`, a private Redis |
 //! | [`cluster`] | one test's namespace, processes, scratch directory and cleanup |
 //! | [`monitor`] | the processes' monitor endpoints, metrics and `--json` views |
-//! | [`reference`] | inputs and independent sequential references of the jobs |
+//! | [`reference`](mod@reference) | inputs and independent sequential references of the jobs |
 //! | [`scenario`] | finishing a chaos scenario: compare with the reference, report a line |
+
+// Test and benchmark code: a failed unwrap is a failed run, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod binaries;
 pub mod cluster;

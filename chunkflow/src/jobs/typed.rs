@@ -1,6 +1,6 @@
 //! Custom jobs with their own key and value types: implement [`MapReduce`] and register it
 //! with [`super::JobRegistry::register_typed`]; then build `producer`, `worker` and
-//! `reducer` binaries over that registry with [`crate::cli`] (the stock binaries are built
+//! `reducer` binaries over that registry with the `chunkflow-cli` crate's `*_main` functions (the stock binaries are built
 //! the same way). `examples/custom-job` is a complete example.
 //!
 //! The adapter [`TypedJob`] does the plumbing: it cuts a chunk into [`Record`]s (lines, or

@@ -2,8 +2,8 @@
 //! the reducer fetches the state (the job's record, the lease, the partition's outputs, the
 //! commit's outcome), asks here, and carries out the [`ReduceAction`] it gets back.
 //!
-//! The steps, in order: the task against its job ([`on_task`]); the lease
-//! ([`after_lease`]); the partition's completeness ([`partition_is_complete`],
+//! The steps, in order: the task against its job, the partition and its lease, read in one
+//! round trip ([`on_begin`]); the partition's completeness ([`partition_is_complete`],
 //! [`on_incomplete`]); the job code's answer ([`reduce_refused`], [`reduce_crashed`]); the
 //! commit's outcome ([`after_commit`]). The janitor's decision about jobs whose producer
 //! vanished ([`is_abandoned`], [`abandoned_reason`]) is here too.
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::job::JobState;
 use crate::protocol::{lost_state_reason, panic_message};
-use crate::store::{LeaseOutcome, ReduceCommitOutcome};
+use crate::store::{BeginReduce, ReduceCommitOutcome, ReduceStart};
 
 /// What the reducer does with a reduce task's delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,44 +44,33 @@ pub fn missing_job_reason(job_id: &str) -> String {
     format!("job `{job_id}` does not exist in this namespace (expired, or lost by Redis)")
 }
 
-/// What the task means for its job as loaded: `Continue` to reduce the partition.
-pub fn on_task(partition: u32, partitions: u32, state: JobState) -> ControlFlow<ReduceAction> {
-    if partition >= partitions {
-        return ControlFlow::Break(ReduceAction::DeadLetter(format!(
-            "partition {partition} is beyond the job's {partitions} partitions"
-        )));
-    }
-    if state != JobState::Reducing {
-        return ControlFlow::Break(ReduceAction::DropNotReducing(state));
-    }
-    ControlFlow::Continue(())
-}
-
-/// What an already-reduced partition means: `Continue` when it is not reduced yet.
-pub fn on_reduced(already_reduced: bool) -> ControlFlow<ReduceAction> {
-    if already_reduced {
-        ControlFlow::Break(ReduceAction::DropDuplicate)
-    } else {
-        ControlFlow::Continue(())
+/// What beginning a partition's reduce found (one round trip: the job's state, whether
+/// the partition is reduced, the lease, the partition's outputs): `Continue` with what to
+/// reduce under the lease, or what to do with the delivery instead.
+pub fn on_begin(
+    begun: BeginReduce,
+    job_id: &str,
+    partition: u32,
+) -> ControlFlow<ReduceAction, ReduceStart> {
+    match begun {
+        BeginReduce::Acquired(start) => ControlFlow::Continue(start),
+        BeginReduce::Missing => {
+            ControlFlow::Break(ReduceAction::DeadLetter(missing_job_reason(job_id)))
+        }
+        BeginReduce::OutOfRange { partitions } => ControlFlow::Break(ReduceAction::DeadLetter(
+            format!("partition {partition} is beyond the job's {partitions} partitions"),
+        )),
+        BeginReduce::NotReducing(state) => ControlFlow::Break(ReduceAction::DropNotReducing(state)),
+        BeginReduce::AlreadyReduced => ControlFlow::Break(ReduceAction::DropDuplicate),
+        BeginReduce::Busy(remaining) => ControlFlow::Break(ReduceAction::Retry(format!(
+            "partition {partition} is leased by another reducer for {remaining:?} more"
+        ))),
     }
 }
 
 /// The job's code cannot be built by this reducer: the job fails.
 pub fn unbuildable(error: &dyn Display) -> ReduceAction {
     ReduceAction::FailJob(format!("job code cannot be built by this reducer: {error}"))
-}
-
-/// What asking for the partition's lease gave: `Continue` with the fencing token to reduce
-/// under.
-pub fn after_lease(outcome: LeaseOutcome, partition: u32) -> ControlFlow<ReduceAction, u64> {
-    match outcome {
-        LeaseOutcome::Acquired(token) => ControlFlow::Continue(token),
-        LeaseOutcome::Busy(remaining) => ControlFlow::Break(ReduceAction::Retry(format!(
-            "partition {partition} is leased by another reducer for {remaining:?} more"
-        ))),
-        // The job's record is gone: nothing to reduce.
-        LeaseOutcome::Missing => ControlFlow::Break(ReduceAction::Ack),
-    }
 }
 
 /// Whether a partition holds every chunk output committed to it: exactly `committed`
@@ -101,17 +90,10 @@ pub fn partition_is_complete(
     count == committed
 }
 
-/// An incomplete partition: fine if another reducer finished it meanwhile (and deleted its
-/// outputs), otherwise Redis lost data and the job fails saying so.
-pub fn on_incomplete(
-    partition: u32,
-    held: usize,
-    committed: u64,
-    already_reduced: bool,
-) -> ReduceAction {
-    if already_reduced {
-        return ReduceAction::Ack;
-    }
+/// An incomplete partition (read atomically with its lease and its `reduced` mark, so no
+/// other reducer can have finished it meanwhile): Redis lost data, and the job fails
+/// saying so.
+pub fn on_incomplete(partition: u32, held: usize, committed: u64) -> ReduceAction {
     ReduceAction::FailJob(lost_state_reason(&format!(
         "partition {partition} holds {held} of the {committed} chunk outputs committed to it"
     )))
@@ -185,11 +167,29 @@ pub fn abandoned_reason(silent: Duration, producer_timeout: Duration) -> String 
 mod tests {
     use super::*;
 
+    fn start() -> ReduceStart {
+        ReduceStart {
+            spec: serde_json::from_value(serde_json::json!({
+                "version": crate::job::SPEC_VERSION, "id": "j", "kind": "wordcount",
+                "partitions": 4, "chunk_size": 1, "max_record_size": 1,
+                "created_ms": 1, "ttl_secs": 1,
+            }))
+            .expect("a valid spec"),
+            total_chunks: Some(2),
+            token: 9,
+            partials: vec![(0, b"a".to_vec())],
+            committed_outputs: 1,
+        }
+    }
+
     #[test]
-    fn a_task_is_reduced_only_within_a_reducing_job() {
-        assert_eq!(on_task(3, 4, JobState::Reducing), ControlFlow::Continue(()));
+    fn every_begin_outcome_has_an_action() {
         assert_eq!(
-            on_task(4, 4, JobState::Reducing),
+            on_begin(BeginReduce::Acquired(start()), "j", 2),
+            ControlFlow::Continue(start())
+        );
+        assert_eq!(
+            on_begin(BeginReduce::OutOfRange { partitions: 4 }, "j", 4),
             ControlFlow::Break(ReduceAction::DeadLetter(
                 "partition 4 is beyond the job's 4 partitions".into()
             ))
@@ -201,38 +201,26 @@ mod tests {
             JobState::Cancelled,
         ] {
             assert_eq!(
-                on_task(0, 4, state),
+                on_begin(BeginReduce::NotReducing(state), "j", 0),
                 ControlFlow::Break(ReduceAction::DropNotReducing(state))
             );
         }
-        assert!(missing_job_reason("j1").starts_with("job `j1` does not exist"));
-    }
-
-    #[test]
-    fn a_reduced_partition_is_a_duplicate() {
-        assert_eq!(on_reduced(false), ControlFlow::Continue(()));
         assert_eq!(
-            on_reduced(true),
+            on_begin(BeginReduce::AlreadyReduced, "j", 0),
             ControlFlow::Break(ReduceAction::DropDuplicate)
         );
-    }
-
-    #[test]
-    fn every_lease_outcome_has_an_action() {
         assert_eq!(
-            after_lease(LeaseOutcome::Acquired(9), 2),
-            ControlFlow::Continue(9)
-        );
-        assert_eq!(
-            after_lease(LeaseOutcome::Busy(Duration::from_secs(3)), 2),
+            on_begin(BeginReduce::Busy(Duration::from_secs(3)), "j", 2),
             ControlFlow::Break(ReduceAction::Retry(
                 "partition 2 is leased by another reducer for 3s more".into()
             ))
         );
-        assert_eq!(
-            after_lease(LeaseOutcome::Missing, 2),
-            ControlFlow::Break(ReduceAction::Ack)
-        );
+        let ControlFlow::Break(ReduceAction::DeadLetter(reason)) =
+            on_begin(BeginReduce::Missing, "j1", 0)
+        else {
+            panic!("a missing job dead-letters its task");
+        };
+        assert!(reason.starts_with("job `j1` does not exist"), "{reason}");
     }
 
     #[test]
@@ -254,10 +242,9 @@ mod tests {
     }
 
     #[test]
-    fn an_incomplete_partition_fails_the_job_unless_already_reduced() {
-        assert_eq!(on_incomplete(1, 2, 3, true), ReduceAction::Ack);
+    fn an_incomplete_partition_fails_the_job() {
         assert_eq!(
-            on_incomplete(1, 2, 3, false),
+            on_incomplete(1, 2, 3),
             ReduceAction::FailJob(lost_state_reason(
                 "partition 1 holds 2 of the 3 chunk outputs committed to it"
             ))

@@ -235,6 +235,7 @@ struct Borrowed {
 }
 
 impl Borrowed {
+    #[allow(clippy::expect_used)]
     fn get(&mut self) -> &mut deadpool_redis::Connection {
         // Invariant: `conn` is `Some` from construction until `give_back` or drop.
         self.conn

@@ -80,16 +80,6 @@ pub struct ReduceStart {
     pub committed_outputs: u64,
 }
 
-impl ReduceStart {
-    /// Whether the partition holds exactly the outputs committed to it, all from chunks
-    /// within the total; otherwise Redis lost data (invariant 11).
-    pub fn holds_every_output(&self) -> bool {
-        let total = self.total_chunks.unwrap_or(0);
-        self.partials.len() as u64 == self.committed_outputs
-            && self.partials.iter().all(|(chunk, _)| *chunk < total)
-    }
-}
-
 static COMMIT_PARTITION: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/commit_partition.lua"), &[END_JOB_LUA]));
 static ACQUIRE_LEASE: LazyLock<Script> =
@@ -491,7 +481,6 @@ mod tests {
             start.partials,
             vec![(0, b"p1".to_vec()), (1, b"p1".to_vec())]
         );
-        assert!(start.holds_every_output());
         let lease = store.keys.job("j").partition_lease(1);
         let held: String = test.raw(redis::cmd("GET").arg(&lease)).await;
         assert_eq!(held, start.token.to_string());
@@ -521,7 +510,6 @@ mod tests {
         };
         assert_eq!(start.partials, vec![(0, b"p0".to_vec())]);
         assert_eq!(start.committed_outputs, 2);
-        assert!(!start.holds_every_output());
         assert!(start.token > 0);
 
         assert_eq!(
@@ -535,21 +523,5 @@ mod tests {
             store.begin_reduce("j", 0, LEASE).await.unwrap(),
             BeginReduce::NotReducing(JobState::Succeeded)
         );
-    }
-
-    #[test]
-    fn a_partition_holds_every_output_only_when_counts_and_ids_agree() {
-        let start = |partials: Vec<(u64, Vec<u8>)>, committed, total| ReduceStart {
-            spec: spec("j", 1),
-            total_chunks: total,
-            token: 1,
-            partials,
-            committed_outputs: committed,
-        };
-        assert!(start(vec![(0, vec![1]), (1, vec![2])], 2, Some(2)).holds_every_output());
-        assert!(start(vec![], 0, Some(3)).holds_every_output());
-        assert!(!start(vec![(0, vec![1])], 2, Some(2)).holds_every_output());
-        assert!(!start(vec![(5, vec![1])], 1, Some(2)).holds_every_output());
-        assert!(!start(vec![(0, vec![1])], 1, None).holds_every_output());
     }
 }

@@ -3,6 +3,9 @@
 //! at a time (a process-wide lock), in their own test binary, and leave the services as
 //! they found them, even when an assertion fails.
 
+// Test and benchmark code: a failed unwrap is a failed run, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
