@@ -34,9 +34,12 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// Targets silenced unless `RUST_LOG` says otherwise: the TLS certificate verifier logs a
-/// failed verification as an error that the failed request reports again.
-const QUIET_TARGETS: &str = "rustls_platform_verifier=off";
+/// Targets silenced unless `RUST_LOG` says otherwise, because chunkflow's own line already
+/// says what they say: the TLS certificate verifier logs a failed verification that the
+/// failed request reports; lapin logs every closed channel and connection (and whatever
+/// the broker echoed back) that the consume loop, publisher or command reports with its
+/// context.
+const QUIET_TARGETS: &str = "rustls_platform_verifier=off,lapin=off";
 
 /// Installs the global subscriber in `format`.
 pub fn init_with(default_filter: &str, format: LogFormat) {

@@ -84,6 +84,56 @@ pub fn redact_url(url: &str) -> String {
     )
 }
 
+/// The credentials a URL carries, found as leniently as [`redact_url`] hides them: the
+/// password of its user info (everything before the last `@` when the string does not parse
+/// as `scheme://`) and the values of credential query parameters.
+fn url_secrets(url: &str) -> Vec<&str> {
+    let (rest, _fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
+    let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    let mut secrets = Vec::new();
+    let authority = match head.find("://") {
+        Some(scheme_end) => {
+            let rest = &head[scheme_end + 3..];
+            &rest[..rest.find('/').unwrap_or(rest.len())]
+        }
+        None => head,
+    };
+    if let Some(at) = authority.rfind('@') {
+        let user_info = &authority[..at];
+        match (head.contains("://"), user_info.find(':')) {
+            (true, Some(colon)) => secrets.push(&user_info[colon + 1..]),
+            (true, None) => {}
+            (false, colon) => {
+                secrets.push(user_info);
+                if let Some(colon) = colon {
+                    secrets.push(&user_info[colon + 1..]);
+                }
+            }
+        }
+    }
+    for parameter in query.trim_start_matches('?').split('&') {
+        if let Some((name, value)) = parameter.split_once('=') {
+            if SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
+                secrets.push(value);
+            }
+        }
+    }
+    secrets.retain(|secret| !secret.is_empty());
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    secrets
+}
+
+/// `text` (an error from a library that quotes the URL it was given) with the URL shown
+/// redacted and every credential of the URL replaced by `***`, wherever it appears.
+pub fn redact_within(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, &redact_url(url));
+    for secret in url_secrets(url) {
+        text = text.replace(secret, "***");
+    }
+    text
+}
+
 fn redact_user_info(head: &str) -> String {
     if let Some(scheme_end) = head.find("://") {
         let rest = &head[scheme_end + 3..];
@@ -207,6 +257,25 @@ mod tests {
             "redis://user@h/0?x=a@b"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn redacts_credentials_inside_other_text() {
+        for url in [
+            "u:PW@127.0.0.1:5672",
+            "amqp//u:PW@h",
+            "amqp://u:PW@h/%2f",
+            "redis+unix:///s?pass=PW",
+        ] {
+            let text = format!("Invalid URL: '{url}' (and again: PW)");
+            let redacted = redact_within(&text, url);
+            assert!(!redacted.contains("PW"), "{url} -> {redacted}");
+            assert!(redacted.starts_with("Invalid URL: '"), "{redacted}");
+        }
+        assert_eq!(
+            redact_within("no secret here", "amqp://h/%2f"),
+            "no secret here"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::backoff::Backoff;
 use crate::broker::deadline::BrokerError;
 use crate::broker::publisher::{close_within, Publisher};
 use crate::broker::topology::{self, Topology};
-use crate::config::{redact_url, ConnectionConfig};
+use crate::config::{redact_url, redact_within, ConnectionConfig};
 use crate::health::ServiceHealth;
 use crate::metrics::Settlement;
 use crate::protocol::Disposition;
@@ -132,7 +132,8 @@ pub async fn run_consumer<H: TaskHandler>(
     if let Err(error) = args.amqp_url.parse::<lapin::uri::AMQPUri>() {
         return Err(ServiceError::InvalidAmqpUrl {
             url: redact_url(&args.amqp_url),
-            reason: error.to_string(),
+            // The parser's message quotes the URL it refused, password and all.
+            reason: redact_within(&error.to_string(), &args.amqp_url),
         });
     }
     let topology = Topology::for_connection(args);

@@ -207,12 +207,11 @@ impl Topology {
 /// Why the broker could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to RabbitMQ at {url}: {source}; is it running? (start it with `rabbitmq-server -detached`, or set --amqp-url / AMQP_URL)")]
-    Refused {
-        url: String,
-        #[source]
-        source: lapin::Error,
-    },
+    // The cause is in the message, so it is not also a `source` (it would print twice).
+    #[error("cannot connect to RabbitMQ at {url}: {cause}; is it running? (start it with `rabbitmq-server -detached`, or set --amqp-url / AMQP_URL)")]
+    Refused { url: String, cause: lapin::Error },
+    #[error("`{url}` is not a RabbitMQ URL: it must start with amqp:// or amqps:// (set --amqp-url / AMQP_URL)")]
+    NotAnAmqpUrl { url: String },
     #[error("RabbitMQ at {url} did not answer `connect` within {after:?}; is it running and reachable? (or set --amqp-url / AMQP_URL, --broker-timeout)")]
     TimedOut {
         url: String,
@@ -232,13 +231,20 @@ pub async fn connect_within(
     role: &str,
     timeout: std::time::Duration,
 ) -> Result<Connection, ConnectError> {
+    // Checked before connecting: a mistyped `amqp:/user:pw@host` would otherwise reach the
+    // default host with the rest as a vhost name, which the broker echoes back in its error.
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(ConnectError::NotAnAmqpUrl {
+            url: redact_url(url),
+        });
+    }
     let name = format!("chunkflow-{role}@{}", std::process::id());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(source)) => Err(ConnectError::Refused {
+        Ok(Err(cause)) => Err(ConnectError::Refused {
             url: redact_url(url),
-            source,
+            cause,
         }),
         Err(_elapsed) => Err(ConnectError::TimedOut {
             url: redact_url(url),

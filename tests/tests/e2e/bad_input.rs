@@ -170,3 +170,105 @@ fn passwords_never_reach_logs_or_errors() {
         assert!(!stderr.contains(secret), "{stderr}");
     }
 }
+
+/// Every form of URL a credential can hide in — parseable or mistyped, in the user info or
+/// in a query parameter, for RabbitMQ, Redis and the management API — given by environment
+/// to every command and service: the sentinel password appears in no output.
+#[test]
+fn no_url_form_leaks_its_password() {
+    let mut cluster = Cluster::new("sentinel");
+    let secret = "Sx7-sentinel-pw";
+    let amqp_forms = [
+        format!("amqp//u:{secret}@h"),
+        format!("amqp:/u:{secret}@127.0.0.1:5691/%2f"),
+        format!("amqp://u:{secret}@127.0.0.1:1/%2f"),
+        format!("u:{secret}@127.0.0.1:5672"),
+    ];
+    let redis_forms = [
+        format!("redis//:{secret}@h"),
+        format!("redis+unix:///nonexistent/chunkflow.sock?pass={secret}"),
+        format!("redis://:{secret}@127.0.0.1:1/0"),
+        format!("redis://127.0.0.1:1/0?password={secret}"),
+    ];
+    let management_forms = [
+        format!("http//u:{secret}@h"),
+        format!("http://u:{secret}@127.0.0.1:1"),
+        format!("https://u:{secret}@127.0.0.1:1/"),
+    ];
+    let file = cluster.write_file("a.txt", b"x\n");
+    let check = |what: &str, output: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !text.contains(secret),
+            "{what} printed the password: {text}"
+        );
+        text
+    };
+    for url in &amqp_forms {
+        let env = [("AMQP_URL", url.as_str())];
+        let output = cluster.producer(&["submit", "--job", "wordcount", &file], &env, None);
+        assert!(!output.status.success(), "{url}");
+        let text = check(&format!("submit with AMQP_URL={url}"), &output);
+        assert!(
+            text.contains("RabbitMQ"),
+            "the error names the broker: {text}"
+        );
+        check(
+            &format!("queues with AMQP_URL={url}"),
+            &cluster.producer(&["queues"], &env, None),
+        );
+    }
+    for url in &redis_forms {
+        let env = [("REDIS_URL", url.as_str())];
+        for args in [
+            vec!["submit", "--job", "wordcount", file.as_str()],
+            vec!["jobs"],
+            vec!["workers"],
+            vec!["status", "some-job"],
+        ] {
+            let output = cluster.producer(&args, &env, None);
+            assert!(!output.status.success(), "{args:?} with {url}");
+            let text = check(&format!("{args:?} with REDIS_URL={url}"), &output);
+            assert!(text.contains("Redis"), "the error names Redis: {text}");
+        }
+    }
+    for url in &management_forms {
+        let output = cluster.producer(&["queues"], &[("CHUNKFLOW_MANAGEMENT_URL", url)], None);
+        let text = check(
+            &format!("queues with CHUNKFLOW_MANAGEMENT_URL={url}"),
+            &output,
+        );
+        assert!(text.contains("unacked counts unavailable"), "{text}");
+    }
+    // The services: each logs its connection trouble (or exits on a URL it cannot use)
+    // without the password.
+    let mut started = Vec::new();
+    for url in &amqp_forms {
+        started.push(("worker", cluster.worker(&[("AMQP_URL", url.as_str())])));
+    }
+    for url in &redis_forms {
+        started.push(("reducer", cluster.reducer(&[("REDIS_URL", url.as_str())])));
+    }
+    for (role, index) in started {
+        wait_for(
+            "the service to log its connection trouble",
+            std::time::Duration::from_secs(30),
+            || {
+                let log = cluster.log(role, index);
+                (log.contains("RabbitMQ") || log.contains("Redis")).then_some(())
+            },
+        );
+        if cluster.service(index).is_running() {
+            cluster.service(index).signal("TERM");
+        }
+        cluster
+            .service(index)
+            .wait_exit(std::time::Duration::from_secs(20));
+        let log = cluster.log(role, index);
+        assert!(!log.contains(secret), "{role} logged the password: {log}");
+    }
+}
