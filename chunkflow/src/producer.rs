@@ -585,35 +585,6 @@ impl Submission {
     }
 }
 
-/// Cuts every source into chunks, in order, and sends them; checks each file unchanged once
-/// read to its end. `Err(None)`: the receiver went away (publishing failed), nothing to say.
-fn read_sources(
-    sources: &[InputSource],
-    chunk_size: usize,
-    max_record: usize,
-    format: RecordFormat,
-    sender: &mpsc::Sender<Result<(Arc<str>, Chunk), ReadError>>,
-) -> Result<(), Option<ReadError>> {
-    for source in sources {
-        let name: Arc<str> = Arc::from(source.display());
-        let mut input = source
-            .open_checked()
-            .map_err(|e| Some(ReadError::Input(e)))?;
-        let mut chunker = Chunker::with_format(&mut input, &name, chunk_size, max_record, format);
-        while let Some(chunk) = chunker
-            .next_chunk()
-            .map_err(|e| Some(ReadError::Chunk(e)))?
-        {
-            sender
-                .blocking_send(Ok((name.clone(), chunk)))
-                .map_err(|_| None)?;
-        }
-        drop(chunker);
-        input.finish().map_err(|e| Some(ReadError::Input(e)))?;
-    }
-    Ok(())
-}
-
 /// Runs `operation` until it succeeds or fails for a reason other than Redis being
 /// unreachable for a while (up to about two minutes of retries).
 pub async fn retry_transient<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreError>
@@ -691,6 +662,35 @@ impl DrainWatch {
         self.since
             .is_some_and(|since| now.saturating_duration_since(since) >= self.stall)
     }
+}
+
+/// Cuts every source into chunks, in order, and sends them; checks each file unchanged once
+/// read to its end. `Err(None)`: the receiver went away (publishing failed), nothing to say.
+fn read_sources(
+    sources: &[InputSource],
+    chunk_size: usize,
+    max_record: usize,
+    format: RecordFormat,
+    sender: &mpsc::Sender<Result<(Arc<str>, Chunk), ReadError>>,
+) -> Result<(), Option<ReadError>> {
+    for source in sources {
+        let name: Arc<str> = Arc::from(source.display());
+        let mut input = source
+            .open_checked()
+            .map_err(|e| Some(ReadError::Input(e)))?;
+        let mut chunker = Chunker::with_format(&mut input, &name, chunk_size, max_record, format);
+        while let Some(chunk) = chunker
+            .next_chunk()
+            .map_err(|e| Some(ReadError::Chunk(e)))?
+        {
+            sender
+                .blocking_send(Ok((name.clone(), chunk)))
+                .map_err(|_| None)?;
+        }
+        drop(chunker);
+        input.finish().map_err(|e| Some(ReadError::Input(e)))?;
+    }
+    Ok(())
 }
 
 /// Whether an existing job may be resumed by a submit with `wanted` settings and inputs.
