@@ -294,8 +294,10 @@ struct SubmitArgs {
     max_record_size: ByteSize,
 
     /// Use this job id instead of a generated one (letters, digits, `-`, `_`). If a running
-    /// job with this id and the same settings exists, it is resumed: its chunks are
-    /// published again (duplicates are harmless) and it is sealed.
+    /// job with this id exists with the same settings and the same inputs (paths, sizes and
+    /// modification times), it is resumed: its chunks are published again (duplicates are
+    /// harmless) and it is sealed; otherwise the submit is refused, naming the differences.
+    /// A job read from standard input is never resumed.
     #[arg(long)]
     job_id: Option<JobId>,
 

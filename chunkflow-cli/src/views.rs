@@ -133,9 +133,55 @@ pub fn basic_status_text(status: &JobStatus) -> String {
     text
 }
 
+/// The job's inputs as `status --json` shows them: `[{"path", "size"}]` in the order they
+/// are read (`size` null for standard input), or null when the spec has none recorded.
+pub fn inputs_json(status: &JobStatus) -> Value {
+    match &status.spec.inputs {
+        None => Value::Null,
+        Some(inputs) => inputs
+            .iter()
+            .map(|input| json!({ "path": input.path, "size": input.size }))
+            .collect(),
+    }
+}
+
+/// Inputs listed one per line by `status`; more are summarised in one line.
+const INPUTS_LISTED: usize = 20;
+
+/// The job's inputs for people: their number and total size, then each path and size.
+pub fn inputs_text(status: &JobStatus) -> String {
+    let Some(inputs) = &status.spec.inputs else {
+        return "inputs:     not recorded\n".to_string();
+    };
+    let size = |size: Option<u64>| size.map_or_else(|| "?".to_string(), human_bytes);
+    let total: u64 = inputs.iter().filter_map(|input| input.size).sum();
+    let stdin = inputs.iter().any(|input| input.size.is_none());
+    let mut text = format!(
+        "inputs:     {} ({}{})\n",
+        inputs.len(),
+        human_bytes(total),
+        if stdin { " + standard input" } else { "" }
+    );
+    for input in inputs.iter().take(INPUTS_LISTED) {
+        let path = if input.is_stdin() {
+            "- (standard input)"
+        } else {
+            &input.path
+        };
+        text.push_str(&format!("  {path}  {}\n", size(input.size)));
+    }
+    if inputs.len() > INPUTS_LISTED {
+        text.push_str(&format!(
+            "  ... and {} more (`status --json` lists them all)\n",
+            inputs.len() - INPUTS_LISTED
+        ));
+    }
+    text
+}
+
 /// `producer status --json`: the fields of [`basic_status_json`] plus
-/// `progress`, `elapsed_seconds`, `throughput_bytes_per_second`, `eta_seconds` and
-/// `failures`.
+/// `progress`, `elapsed_seconds`, `throughput_bytes_per_second`, `eta_seconds`,
+/// `failures` and `inputs`.
 pub fn status_json(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Value {
     let mut value = basic_status_json(status);
     if let Value::Object(map) = &mut value {
@@ -150,11 +196,13 @@ pub fn status_json(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Val
         );
         map.insert("eta_seconds".into(), json!(eta_seconds(status, now_ms)));
         map.insert("failures".into(), json!(failures));
+        map.insert("inputs".into(), inputs_json(status));
     }
     value
 }
 
-/// `producer status`: the basic status plus progress, throughput, time left and failures.
+/// `producer status`: the basic status plus progress, throughput, time left, failures and
+/// inputs.
 pub fn status_text(status: &JobStatus, failures: &[Failure], now_ms: u64) -> String {
     let mut text = basic_status_text(status);
     if let Some(done) = progress(status) {
@@ -176,6 +224,7 @@ pub fn status_text(status: &JobStatus, failures: &[Failure], now_ms: u64) -> Str
             text.push_str(&format!("  chunk {}: {}\n", failure.chunk, failure.error));
         }
     }
+    text.push_str(&inputs_text(status));
     text
 }
 
@@ -486,6 +535,7 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chunkflow::job::InputFingerprint;
     use chunkflow::jobs::JobSpec;
     use std::collections::BTreeMap;
 
@@ -525,6 +575,47 @@ mod tests {
         assert_eq!(progress(&done), Some(1.0));
         assert_eq!(eta_seconds(&done, 5_000), None);
         assert_eq!(human_duration(125.0), "2m05s");
+    }
+
+    #[test]
+    fn status_shows_the_inputs() {
+        let mut job = status(JobState::Running, 0, None, 0);
+        assert_eq!(inputs_json(&job), Value::Null);
+        assert!(status_text(&job, &[], 5_000).contains("inputs:     not recorded\n"));
+        job.spec.inputs = Some(vec![
+            InputFingerprint {
+                path: "data/a.txt".into(),
+                size: Some(2048),
+                mtime_ns: Some(1),
+            },
+            InputFingerprint::stdin(),
+        ]);
+        assert_eq!(
+            status_json(&job, &[], 5_000)["inputs"],
+            json!([{"path": "data/a.txt", "size": 2048}, {"path": "-", "size": null}])
+        );
+        let text = status_text(&job, &[], 5_000);
+        assert!(
+            text.contains("inputs:     2 (2.0 KiB + standard input)\n")
+                && text.contains("  data/a.txt  2.0 KiB\n")
+                && text.contains("  - (standard input)  ?\n"),
+            "{text}"
+        );
+        job.spec.inputs = Some(
+            (0..25)
+                .map(|i| InputFingerprint {
+                    path: format!("f{i}"),
+                    size: Some(1),
+                    mtime_ns: None,
+                })
+                .collect(),
+        );
+        let text = inputs_text(&job);
+        assert!(
+            text.contains("  f19  ") && !text.contains("  f20  "),
+            "{text}"
+        );
+        assert!(text.contains("... and 5 more"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The job model every part of the pipeline shares: a job's id ([`JobId`], validated once
-//! by [`JobId::parse`]), its immutable [`JobSpec`], its lifecycle ([`JobState`]) and the
-//! [`JobStatus`] the views show.
+//! by [`JobId::parse`]), its immutable [`JobSpec`] (with the fingerprints of the inputs it
+//! was cut from, [`InputFingerprint`]), its lifecycle ([`JobState`]) and the [`JobStatus`]
+//! the views show. Whether a submit may resume an existing job is decided here, as a pure
+//! comparison of two specs ([`JobSpec::differences`]).
 //!
 //! Nothing here talks to Redis or the broker: the store reads and writes these types, the
 //! wire messages carry ids, and the views render statuses.
@@ -119,6 +121,239 @@ pub struct JobSpec {
     pub created_ms: u64,
     /// Time to live of the job's keys after it ends, in seconds.
     pub ttl_secs: u64,
+    /// Every input in the order it is read, as the producer found it before reading: what
+    /// a `--job-id` resume must read again. `None` in specs stored by producers that did not
+    /// record their inputs (such a job cannot be resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<InputFingerprint>>,
+}
+
+impl JobSpec {
+    /// How a submit that wants `wanted` differs from this stored spec, in the settings that
+    /// decide how chunks are cut and mapped and in the inputs they are cut from; empty when
+    /// the submit may resume this job. Time to live and creation time do not count.
+    pub fn differences(&self, wanted: &JobSpec) -> Vec<SpecDifference> {
+        let mut differences = Vec::new();
+        if self.kind != wanted.kind {
+            differences.push(SpecDifference::Kind {
+                recorded: self.kind.clone(),
+                wanted: wanted.kind.clone(),
+            });
+        }
+        if self.params != wanted.params {
+            differences.push(SpecDifference::Params);
+        }
+        if self.partitions != wanted.partitions {
+            differences.push(SpecDifference::Partitions {
+                recorded: self.partitions,
+                wanted: wanted.partitions,
+            });
+        }
+        if self.chunk_size != wanted.chunk_size {
+            differences.push(SpecDifference::ChunkSize {
+                recorded: self.chunk_size,
+                wanted: wanted.chunk_size,
+            });
+        }
+        if self.max_record_size != wanted.max_record_size {
+            differences.push(SpecDifference::MaxRecordSize {
+                recorded: self.max_record_size,
+                wanted: wanted.max_record_size,
+            });
+        }
+        match (&self.inputs, &wanted.inputs) {
+            (Some(recorded), Some(wanted)) => input_differences(recorded, wanted, &mut differences),
+            _ => differences.push(SpecDifference::InputsNotRecorded),
+        }
+        differences
+    }
+}
+
+/// One input as the producer found it before reading it. A file is known by its path (as
+/// given, joined below a directory), size and modification time; standard input only by
+/// its name `-`, since its bytes are known only once read, so a job read from standard
+/// input can never be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFingerprint {
+    /// The path as given; `-` for standard input.
+    pub path: String,
+    /// Size in bytes; `None` for standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Last modification, in nanoseconds since the Unix epoch; `None` for standard input,
+    /// or where the file system keeps no such time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
+}
+
+impl InputFingerprint {
+    /// The name standard input is given.
+    pub const STDIN: &'static str = "-";
+
+    /// Standard input: a name only.
+    pub fn stdin() -> InputFingerprint {
+        InputFingerprint {
+            path: Self::STDIN.to_string(),
+            size: None,
+            mtime_ns: None,
+        }
+    }
+
+    pub fn is_stdin(&self) -> bool {
+        self.path == Self::STDIN
+    }
+}
+
+/// One way a submit differs from the job already stored under its `--job-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecDifference {
+    Kind {
+        recorded: String,
+        wanted: String,
+    },
+    Params,
+    Partitions {
+        recorded: u32,
+        wanted: u32,
+    },
+    ChunkSize {
+        recorded: u64,
+        wanted: u64,
+    },
+    MaxRecordSize {
+        recorded: u64,
+        wanted: u64,
+    },
+    /// The stored spec has no input fingerprints (an older producer stored it).
+    InputsNotRecorded,
+    /// Both read standard input, whose bytes cannot be compared.
+    Stdin,
+    InputAdded {
+        path: String,
+    },
+    InputRemoved {
+        path: String,
+    },
+    /// The same path, but another size or modification time.
+    InputChanged {
+        path: String,
+        recorded_size: Option<u64>,
+        wanted_size: Option<u64>,
+        mtime_changed: bool,
+    },
+    /// The same inputs in another order (chunk ids would name other bytes).
+    InputOrder,
+}
+
+impl std::fmt::Display for SpecDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecDifference::Kind { recorded, wanted } => write!(f, "job {recorded} vs {wanted}"),
+            SpecDifference::Params => f.write_str("parameters"),
+            SpecDifference::Partitions { recorded, wanted } => {
+                write!(f, "partitions {recorded} vs {wanted}")
+            }
+            SpecDifference::ChunkSize { recorded, wanted } => {
+                write!(f, "chunk size {recorded} vs {wanted}")
+            }
+            SpecDifference::MaxRecordSize { recorded, wanted } => {
+                write!(f, "max record size {recorded} vs {wanted}")
+            }
+            SpecDifference::InputsNotRecorded => f.write_str(
+                "its inputs were not recorded (an older producer stored it), so they cannot be compared",
+            ),
+            SpecDifference::Stdin => f.write_str(
+                "standard input (`-`) cannot be compared with what the first submit read",
+            ),
+            SpecDifference::InputAdded { path } => write!(f, "input `{path}` added"),
+            SpecDifference::InputRemoved { path } => write!(f, "input `{path}` removed"),
+            SpecDifference::InputChanged {
+                path,
+                recorded_size,
+                wanted_size,
+                mtime_changed,
+            } => {
+                let mut what = Vec::new();
+                if recorded_size != wanted_size {
+                    let size = |s: &Option<u64>| s.map_or_else(|| "?".into(), |s| s.to_string());
+                    what.push(format!(
+                        "size {} vs {} bytes",
+                        size(recorded_size),
+                        size(wanted_size)
+                    ));
+                }
+                if *mtime_changed {
+                    what.push("modification time changed".to_string());
+                }
+                write!(f, "input `{path}` changed ({})", what.join(", "))
+            }
+            SpecDifference::InputOrder => f.write_str("the same inputs in another order"),
+        }
+    }
+}
+
+/// Adds how the `wanted` inputs differ from the `recorded` ones: paths removed (recorded
+/// order) and added (wanted order), paths whose size or modification time changed, and
+/// otherwise the order. A path given twice counts twice.
+fn input_differences(
+    recorded: &[InputFingerprint],
+    wanted: &[InputFingerprint],
+    differences: &mut Vec<SpecDifference>,
+) {
+    fn counts(inputs: &[InputFingerprint]) -> BTreeMap<&str, usize> {
+        let mut counts = BTreeMap::new();
+        for input in inputs {
+            *counts.entry(input.path.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+    let (recorded_counts, wanted_counts) = (counts(recorded), counts(wanted));
+    let count = |counts: &BTreeMap<&str, usize>, path: &str| counts.get(path).copied().unwrap_or(0);
+    let before = differences.len();
+    let mut reported = std::collections::BTreeSet::new();
+    for input in recorded {
+        let path = input.path.as_str();
+        if count(&recorded_counts, path) > count(&wanted_counts, path) && reported.insert(path) {
+            differences.push(SpecDifference::InputRemoved {
+                path: path.to_string(),
+            });
+        }
+    }
+    for input in wanted {
+        let path = input.path.as_str();
+        if count(&wanted_counts, path) > count(&recorded_counts, path) && reported.insert(path) {
+            differences.push(SpecDifference::InputAdded {
+                path: path.to_string(),
+            });
+        }
+    }
+    let added_or_removed = differences.len() > before;
+    let mut compared = std::collections::BTreeSet::new();
+    for input in wanted {
+        let Some(old) = recorded.iter().find(|old| old.path == input.path) else {
+            continue;
+        };
+        if !compared.insert(input.path.as_str()) {
+            continue;
+        }
+        if input.is_stdin() {
+            differences.push(SpecDifference::Stdin);
+        } else if old.size != input.size || old.mtime_ns != input.mtime_ns {
+            differences.push(SpecDifference::InputChanged {
+                path: input.path.clone(),
+                recorded_size: old.size,
+                wanted_size: input.size,
+                mtime_changed: old.mtime_ns != input.mtime_ns,
+            });
+        }
+    }
+    let same_order = recorded
+        .iter()
+        .map(|i| &i.path)
+        .eq(wanted.iter().map(|i| &i.path));
+    if !added_or_removed && !same_order {
+        differences.push(SpecDifference::InputOrder);
+    }
 }
 
 /// The lifecycle of a job.
@@ -227,6 +462,138 @@ mod tests {
         }
         let error = JobId::parse("a b").unwrap_err().to_string();
         assert!(error.contains("not a valid job id"), "{error}");
+    }
+
+    fn file(path: &str, size: u64, mtime_ns: u64) -> InputFingerprint {
+        InputFingerprint {
+            path: path.into(),
+            size: Some(size),
+            mtime_ns: Some(mtime_ns),
+        }
+    }
+
+    fn spec_over(inputs: Vec<InputFingerprint>) -> JobSpec {
+        JobSpec {
+            version: SPEC_VERSION,
+            id: JobId::parse("j").unwrap(),
+            kind: "wordcount".into(),
+            params: serde_json::Value::Null,
+            partitions: 4,
+            chunk_size: 1024,
+            max_record_size: 4096,
+            created_ms: 1,
+            ttl_secs: 60,
+            inputs: Some(inputs),
+        }
+    }
+
+    fn differences(recorded: &JobSpec, wanted: &JobSpec) -> Vec<String> {
+        recorded
+            .differences(wanted)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_same_inputs_and_settings_may_resume() {
+        let recorded = spec_over(vec![file("a.txt", 10, 5), file("b.txt", 20, 6)]);
+        let mut wanted = recorded.clone();
+        wanted.created_ms = 99;
+        wanted.ttl_secs = 1;
+        assert_eq!(recorded.differences(&wanted), vec![]);
+    }
+
+    #[test]
+    fn changed_added_and_removed_inputs_are_named() {
+        let recorded = spec_over(vec![file("a.txt", 10, 5), file("b.txt", 20, 6)]);
+        let wanted = spec_over(vec![file("a.txt", 12, 5), file("c.txt", 20, 6)]);
+        assert_eq!(
+            differences(&recorded, &wanted),
+            vec![
+                "input `b.txt` removed",
+                "input `c.txt` added",
+                "input `a.txt` changed (size 10 vs 12 bytes)",
+            ]
+        );
+        // Same size, rewritten: only the modification time tells.
+        let rewritten = spec_over(vec![file("a.txt", 10, 7), file("b.txt", 20, 6)]);
+        assert_eq!(
+            recorded.differences(&rewritten),
+            vec![SpecDifference::InputChanged {
+                path: "a.txt".into(),
+                recorded_size: Some(10),
+                wanted_size: Some(10),
+                mtime_changed: true,
+            }]
+        );
+        assert_eq!(
+            differences(&recorded, &rewritten),
+            vec!["input `a.txt` changed (modification time changed)"]
+        );
+    }
+
+    #[test]
+    fn order_and_repetition_of_inputs_count() {
+        let recorded = spec_over(vec![file("a.txt", 10, 5), file("b.txt", 20, 6)]);
+        let swapped = spec_over(vec![file("b.txt", 20, 6), file("a.txt", 10, 5)]);
+        assert_eq!(
+            recorded.differences(&swapped),
+            vec![SpecDifference::InputOrder]
+        );
+        let twice = spec_over(vec![
+            file("a.txt", 10, 5),
+            file("b.txt", 20, 6),
+            file("a.txt", 10, 5),
+        ]);
+        assert_eq!(differences(&recorded, &twice), vec!["input `a.txt` added"]);
+    }
+
+    #[test]
+    fn standard_input_and_unrecorded_inputs_never_resume() {
+        let stdin = spec_over(vec![InputFingerprint::stdin()]);
+        assert_eq!(stdin.differences(&stdin), vec![SpecDifference::Stdin]);
+        let files = spec_over(vec![file("a.txt", 10, 5)]);
+        assert_eq!(
+            differences(&stdin, &files),
+            vec!["input `-` removed", "input `a.txt` added"]
+        );
+        let mut older = files.clone();
+        older.inputs = None;
+        assert_eq!(
+            older.differences(&files),
+            vec![SpecDifference::InputsNotRecorded]
+        );
+    }
+
+    #[test]
+    fn settings_differences_are_named_with_the_inputs() {
+        let recorded = spec_over(vec![file("a.txt", 10, 5)]);
+        let mut wanted = spec_over(vec![file("a.txt", 11, 5)]);
+        wanted.partitions = 3;
+        wanted.params = serde_json::json!({"pattern": "x"});
+        assert_eq!(
+            differences(&recorded, &wanted),
+            vec![
+                "parameters",
+                "partitions 4 vs 3",
+                "input `a.txt` changed (size 10 vs 11 bytes)",
+            ]
+        );
+    }
+
+    #[test]
+    fn specs_without_inputs_still_read_and_new_ones_round_trip() {
+        let older: JobSpec = serde_json::from_value(serde_json::json!({
+            "version": 1, "id": "j", "kind": "wordcount", "partitions": 4,
+            "chunk_size": 1, "max_record_size": 1, "created_ms": 1, "ttl_secs": 1,
+        }))
+        .unwrap();
+        assert_eq!(older.inputs, None);
+        let spec = spec_over(vec![file("a.txt", 10, 5), InputFingerprint::stdin()]);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#"{"path":"-"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
     }
 
     #[test]

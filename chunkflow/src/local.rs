@@ -5,7 +5,8 @@
 //! It runs exactly what the distributed pipeline runs — the same chunker, the same
 //! `map_chunk` per chunk, the same `reduce_partition` per partition, the same output layer
 //! — only the transport differs: chunks go to map threads through a bounded channel, and
-//! partials stay in memory.
+//! partials stay in memory. Like the producer, it refuses a file that changed while it was
+//! read.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -115,8 +116,9 @@ pub fn run_local(
         let result = (|| {
             for source in &sources {
                 let name: Arc<str> = Arc::from(source.display());
+                let mut input = source.open_checked()?;
                 let mut chunker = Chunker::with_format(
-                    source.open()?,
+                    &mut input,
                     &name,
                     options.chunk_size as usize,
                     options.max_record_size as usize,
@@ -130,6 +132,9 @@ pub fn run_local(
                     }
                     id += 1;
                 }
+                drop(chunker);
+                // Like the producer, refuse a result over a file that changed while read.
+                input.finish()?;
             }
             Ok::<(), ProducerError>(())
         })();

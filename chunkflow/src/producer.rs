@@ -2,8 +2,13 @@
 //! map queue with confirms, seal the total), wait for it, show its status, print its result.
 //!
 //! Order matters for exactness: inputs are checked before anything is stored or published;
-//! the spec is stored before the first task is published; the total is sealed only after
-//! every chunk is confirmed, so no job can complete before all of its chunks exist.
+//! the spec, with every input's fingerprint, is stored before the first task is published;
+//! the total is sealed only after every chunk is confirmed and every file was found
+//! unchanged once read to its end, so no job can complete before all of its chunks exist,
+//! nor over bytes other than its recorded inputs'. A submit under an existing `--job-id`
+//! resumes it only if its settings and input fingerprints are the same; otherwise it is
+//! refused before it publishes anything (the spec is created first-writer-wins, so of two
+//! producers racing on one id over different inputs, the second is refused).
 //!
 //! Memory stays bounded whatever the input size: a reader thread cuts chunks into a channel
 //! of two; the publisher keeps at most `max_unconfirmed_bytes` unconfirmed; and when the
@@ -29,7 +34,7 @@ use crate::chunker::{Chunk, ChunkError, Chunker};
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
 use crate::input::{expand_inputs, InputError, InputSource};
-use crate::job::{now_ms, JobId, JobState, JobStatus};
+use crate::job::{now_ms, JobId, JobState, JobStatus, SpecDifference};
 use crate::jobs::{JobError, JobRegistry, JobSpec, SPEC_VERSION};
 use crate::output::write_results;
 use crate::protocol::messages::MapTask;
@@ -73,6 +78,13 @@ pub enum ProducerError {
     Usage(String),
     #[error("{0}; the job was marked failed")]
     Chunk(ChunkError),
+    /// Reading the inputs failed after the job was stored: it was marked failed, and the
+    /// message says how much had been published.
+    #[error("{error}; the job was marked failed {published}; re-submit it")]
+    Reading {
+        error: ReadError,
+        published: PublishedSoFar,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -98,10 +110,11 @@ pub enum ProducerError {
     NoSuchJob { job: String, namespace: String },
     #[error("job `{job}` vanished from Redis while it was {state}: Redis lost its data (a restart without persistence, or eviction). Its result cannot be trusted; re-submit it")]
     JobVanished { job: String, state: JobState },
-    #[error(
-        "job `{job}` already exists with different settings ({what}); choose another --job-id"
-    )]
-    ResumeMismatch { job: String, what: String },
+    #[error("job `{job}` already exists with other inputs or settings ({}); nothing was published: choose another --job-id, or resume with the inputs and settings it was submitted with", join_differences(.differences))]
+    ResumeMismatch {
+        job: String,
+        differences: Vec<SpecDifference>,
+    },
     #[error("job `{job}` has no result yet: it is {state} ({progress}); wait with `producer status {job}` or `producer submit --wait`")]
     NotFinished {
         job: String,
@@ -121,6 +134,34 @@ pub enum ProducerError {
         limit: u64,
         after: Duration,
     },
+}
+
+/// Why the inputs could not be read to their end once the job was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Input(InputError),
+    #[error(transparent)]
+    Chunk(ChunkError),
+}
+
+/// How many chunks a failed submit had published, as a message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedSoFar(pub u64);
+
+impl std::fmt::Display for PublishedSoFar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("before any chunk was published"),
+            1 => f.write_str("after 1 chunk was published"),
+            n => write!(f, "after {n} chunks were published"),
+        }
+    }
+}
+
+fn join_differences(differences: &[SpecDifference]) -> String {
+    let texts: Vec<String> = differences.iter().map(ToString::to_string).collect();
+    texts.join(", ")
 }
 
 impl ProducerError {
@@ -326,13 +367,15 @@ impl Submission {
             max_record_size: options.max_record_size,
             created_ms: now_ms(),
             ttl_secs: options.ttl.as_secs().max(1),
+            inputs: Some(sources.iter().map(InputSource::fingerprint).collect()),
         };
         let mut already_sealed = false;
         let spec = match store.create_job(&spec).await {
             Ok(()) => spec,
             Err(StoreError::JobExists(id)) if options.job_id.is_some() => {
-                // Resume: same job id, same settings, still running. Chunks are cut the same
-                // way from the same input, so republishing them is harmless.
+                // Resume: same job id, same settings, same input fingerprints, still
+                // running. Chunks are cut the same way from the same input, so republishing
+                // them is harmless; anything else is refused before publishing.
                 let status = job_status(&store, &id).await?;
                 check_resumable(&status, &spec)?;
                 already_sealed = status.total_chunks.is_some();
@@ -422,32 +465,19 @@ impl Submission {
                 job: self.spec.id.to_string(),
                 what: "published twice".into(),
             })?;
-        let (sender, mut receiver) = mpsc::channel::<Result<(Arc<str>, Chunk), ChunkError>>(2);
+        let (sender, mut receiver) = mpsc::channel::<Result<(Arc<str>, Chunk), ReadError>>(2);
         let sources = self.sources.clone();
         let chunk_size = self.options.chunk_size as usize;
         let max_record = self.options.max_record_size as usize;
         let format = self.format;
-        let reader = tokio::task::spawn_blocking(move || -> Result<(), ProducerError> {
-            for source in sources {
-                let name: Arc<str> = Arc::from(source.display());
-                let mut chunker =
-                    Chunker::with_format(source.open()?, &name, chunk_size, max_record, format);
-                loop {
-                    match chunker.next_chunk() {
-                        Ok(Some(chunk)) => {
-                            if sender.blocking_send(Ok((name.clone(), chunk))).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(error) => {
-                            let _ = sender.blocking_send(Err(error));
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            Ok(())
+        // The reader sends its one error down the channel, after the chunks it cut, so the
+        // error arrives once those are published and says how many were.
+        let reader = tokio::task::spawn_blocking(move || {
+            let error = match read_sources(&sources, chunk_size, max_record, format, &sender) {
+                Ok(()) | Err(None) => return,
+                Err(Some(error)) => error,
+            };
+            let _ = sender.blocking_send(Err(error));
         });
 
         let map_queue = self.topology.map_queue();
@@ -456,7 +486,10 @@ impl Submission {
         let mut bytes = 0u64;
         let mut bytes_since_check = 0u64;
         while let Some(next) = receiver.recv().await {
-            let (source, chunk) = next?;
+            let (source, chunk) = next.map_err(|error| ProducerError::Reading {
+                error,
+                published: PublishedSoFar(chunks),
+            })?;
             if bytes_since_check >= self.options.max_queued_bytes / 4 {
                 bytes_since_check = 0;
                 wait_for_queue_room(&mut publisher, &map_queue, limit_messages).await?;
@@ -487,7 +520,7 @@ impl Submission {
                 )
             });
         }
-        reader.await.map_err(ProducerError::Reader)??;
+        reader.await.map_err(ProducerError::Reader)?;
         publisher.flush().await?;
         progress.line(true, || {
             format!(
@@ -631,35 +664,43 @@ impl DrainWatch {
     }
 }
 
-/// Whether an existing job may be resumed by a submit with `wanted` settings.
+/// Cuts every source into chunks, in order, and sends them; checks each file unchanged once
+/// read to its end. `Err(None)`: the receiver went away (publishing failed), nothing to say.
+fn read_sources(
+    sources: &[InputSource],
+    chunk_size: usize,
+    max_record: usize,
+    format: RecordFormat,
+    sender: &mpsc::Sender<Result<(Arc<str>, Chunk), ReadError>>,
+) -> Result<(), Option<ReadError>> {
+    for source in sources {
+        let name: Arc<str> = Arc::from(source.display());
+        let mut input = source
+            .open_checked()
+            .map_err(|e| Some(ReadError::Input(e)))?;
+        let mut chunker = Chunker::with_format(&mut input, &name, chunk_size, max_record, format);
+        while let Some(chunk) = chunker
+            .next_chunk()
+            .map_err(|e| Some(ReadError::Chunk(e)))?
+        {
+            sender
+                .blocking_send(Ok((name.clone(), chunk)))
+                .map_err(|_| None)?;
+        }
+        drop(chunker);
+        input.finish().map_err(|e| Some(ReadError::Input(e)))?;
+    }
+    Ok(())
+}
+
+/// Whether an existing job may be resumed by a submit with `wanted` settings and inputs.
 fn check_resumable(status: &JobStatus, wanted: &JobSpec) -> Result<(), ProducerError> {
     let existing = &status.spec;
-    let mut differences = Vec::new();
-    if existing.kind != wanted.kind {
-        differences.push(format!("job {} vs {}", existing.kind, wanted.kind));
-    }
-    if existing.params != wanted.params {
-        differences.push("parameters".to_string());
-    }
-    if existing.partitions != wanted.partitions {
-        differences.push(format!(
-            "partitions {} vs {}",
-            existing.partitions, wanted.partitions
-        ));
-    }
-    if existing.chunk_size != wanted.chunk_size {
-        differences.push(format!(
-            "chunk size {} vs {}",
-            existing.chunk_size, wanted.chunk_size
-        ));
-    }
-    if existing.max_record_size != wanted.max_record_size {
-        differences.push("max record size".to_string());
-    }
+    let differences = existing.differences(wanted);
     if !differences.is_empty() {
         return Err(ProducerError::ResumeMismatch {
             job: existing.id.to_string(),
-            what: differences.join(", "),
+            differences,
         });
     }
     if status.state.is_final() {
@@ -815,6 +856,52 @@ mod tests {
         let full = ProducerError::Output(std::io::Error::from(std::io::ErrorKind::StorageFull));
         assert!(!full.is_closed_output());
         assert!(!ProducerError::Usage("x".into()).is_closed_output());
+    }
+
+    #[test]
+    fn errors_after_the_spec_say_how_much_was_published() {
+        let deleted = |published| {
+            ProducerError::Reading {
+                error: ReadError::Input(InputError::DeletedWhileReading {
+                    path: "x.txt".into(),
+                }),
+                published: PublishedSoFar(published),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            deleted(675),
+            "input `x.txt` was deleted while being read; the job was marked failed after 675 \
+             chunks were published; re-submit it"
+        );
+        assert!(deleted(1).contains("after 1 chunk was published"));
+        assert!(deleted(0).contains("failed before any chunk was published"));
+        assert!(!deleted(675).contains("nothing was published"));
+    }
+
+    #[test]
+    fn a_refused_resume_names_every_difference() {
+        let error = ProducerError::ResumeMismatch {
+            job: "j".into(),
+            differences: vec![
+                SpecDifference::Partitions {
+                    recorded: 4,
+                    wanted: 3,
+                },
+                SpecDifference::InputRemoved {
+                    path: "a.txt".into(),
+                },
+                SpecDifference::InputAdded {
+                    path: "b.txt".into(),
+                },
+            ],
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("(partitions 4 vs 3, input `a.txt` removed, input `b.txt` added)")
+                && text.contains("nothing was published"),
+            "{text}"
+        );
     }
 
     #[test]

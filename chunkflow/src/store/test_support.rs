@@ -109,6 +109,7 @@ pub fn spec(id: &str, partitions: u32) -> JobSpec {
         max_record_size: 1024,
         created_ms: crate::job::now_ms(),
         ttl_secs: 60,
+        inputs: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod chaos;
 mod compose;
 mod dashboard;
 mod faults;
+mod inputs;
 mod jobs;
 mod pipeline;
 mod service;
