@@ -6,7 +6,8 @@
 //! round trip ([`on_begin`]); the partition's completeness ([`partition_is_complete`],
 //! [`on_incomplete`]); the job code's answer ([`reduce_refused`], [`reduce_crashed`]); the
 //! commit's outcome ([`after_commit`]). The janitor's decision about jobs whose producer
-//! vanished ([`is_abandoned`], [`abandoned_reason`]) is here too.
+//! vanished ([`is_abandoned`], [`abandoned_reason`]) and about partitions whose lease
+//! expired mid-reduce ([`expired_grants`]) are here too.
 //!
 //! Must not: touch Redis or the broker, sleep, or log.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use crate::job::JobState;
 use crate::protocol::{lost_state_reason, panic_message};
-use crate::store::{BeginReduce, ReduceCommitOutcome, ReduceStart};
+use crate::store::{BeginReduce, LeaseFacts, ReduceCommitOutcome, ReduceStart};
 
 /// What the reducer does with a reduce task's delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,28 @@ pub fn abandoned_reason(silent: Duration, producer_timeout: Duration) -> String 
         silent.as_millis() as f64 / 1000.0,
         producer_timeout
     )
+}
+
+/// How often the janitor sweeps: often enough for both of its duties, abandoned jobs
+/// ([`janitor_period`]) and expired leases (half a lease), never more than 5 times a second.
+pub fn janitor_sweep_period(producer_timeout: Duration, lease: Duration) -> Duration {
+    janitor_period(producer_timeout).min((lease / 2).max(Duration::from_millis(200)))
+}
+
+/// The grants `(partition, token)` whose reduce task the janitor republishes: a lease was
+/// granted on the partition, it is no longer held, the partition is not reduced, and this
+/// grant was not republished before. A task merely waiting in the queue has no grant; a
+/// holder still renewing holds its lease; so only a holder that froze or died mid-reduce
+/// (whose delivery may stay unacked) gets its partition handed to another reducer, once.
+pub fn expired_grants(leases: &[LeaseFacts]) -> Vec<(u32, u64)> {
+    leases
+        .iter()
+        .filter(|lease| !lease.reduced && !lease.held)
+        .filter_map(|lease| {
+            let token = lease.granted?;
+            (lease.republished != Some(token)).then_some((lease.partition, token))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -348,6 +371,44 @@ mod tests {
         assert_eq!(
             janitor_period(Duration::from_secs(3600)),
             Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn only_expired_grants_of_unreduced_partitions_are_republished_once() {
+        let lease = |partition, reduced, granted, held, republished| LeaseFacts {
+            partition,
+            reduced,
+            granted,
+            held,
+            republished,
+        };
+        let leases = [
+            lease(0, false, None, false, None),       // waiting in the queue
+            lease(1, false, Some(4), true, None),     // held, being reduced
+            lease(2, true, Some(5), false, None),     // reduced
+            lease(3, false, Some(6), false, None),    // expired: republish
+            lease(4, false, Some(7), false, Some(7)), // expired, already republished
+            lease(5, false, Some(9), false, Some(8)), // a newer grant expired again
+        ];
+        assert_eq!(expired_grants(&leases), vec![(3, 6), (5, 9)]);
+        assert!(expired_grants(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_janitor_sweeps_for_the_shorter_of_its_duties() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_millis(100)),
+            Duration::from_millis(200)
         );
     }
 }
