@@ -170,18 +170,33 @@ pub fn janitor_sweep_period(producer_timeout: Duration, lease: Duration) -> Dura
     janitor_period(producer_timeout).min((lease / 2).max(Duration::from_millis(200)))
 }
 
+/// How long after republishing an expired grant's reduce task the janitor republishes it
+/// again if still no reducer took the partition (no new grant): the republished message
+/// may have been prefetched by the frozen reducer itself. Three leases, at least 2 s.
+pub fn republish_again_after(lease: Duration) -> Duration {
+    (lease * 3).max(Duration::from_secs(2))
+}
+
 /// The grants `(partition, token)` whose reduce task the janitor republishes: a lease was
 /// granted on the partition, it is no longer held, the partition is not reduced, and this
-/// grant was not republished before. A task merely waiting in the queue has no grant; a
+/// grant was not republished before, or was republished `again_after` ago or longer and
+/// nobody took the partition since. A task merely waiting in the queue has no grant; a
 /// holder still renewing holds its lease; so only a holder that froze or died mid-reduce
-/// (whose delivery may stay unacked) gets its partition handed to another reducer, once.
-pub fn expired_grants(leases: &[LeaseFacts]) -> Vec<(u32, u64)> {
+/// (whose delivery may stay unacked) gets its partition handed to another reducer.
+pub fn expired_grants(
+    leases: &[LeaseFacts],
+    now_ms: u64,
+    again_after: Duration,
+) -> Vec<(u32, u64)> {
+    let again_after_ms = again_after.as_millis() as u64;
     leases
         .iter()
         .filter(|lease| !lease.reduced && !lease.held)
         .filter_map(|lease| {
             let token = lease.granted?;
-            (lease.republished != Some(token)).then_some((lease.partition, token))
+            let first_time = lease.republished != Some(token);
+            let again = now_ms.saturating_sub(lease.republished_ms) >= again_after_ms;
+            (first_time || again).then_some((lease.partition, token))
         })
         .collect()
 }
@@ -375,24 +390,38 @@ mod tests {
     }
 
     #[test]
-    fn only_expired_grants_of_unreduced_partitions_are_republished_once() {
-        let lease = |partition, reduced, granted, held, republished| LeaseFacts {
+    fn only_expired_grants_of_unreduced_partitions_are_republished() {
+        let lease = |partition, reduced, granted, held, republished, republished_ms| LeaseFacts {
             partition,
             reduced,
             granted,
             held,
             republished,
+            republished_ms,
         };
+        let again = Duration::from_secs(3);
         let leases = [
-            lease(0, false, None, false, None),       // waiting in the queue
-            lease(1, false, Some(4), true, None),     // held, being reduced
-            lease(2, true, Some(5), false, None),     // reduced
-            lease(3, false, Some(6), false, None),    // expired: republish
-            lease(4, false, Some(7), false, Some(7)), // expired, already republished
-            lease(5, false, Some(9), false, Some(8)), // a newer grant expired again
+            lease(0, false, None, false, None, 0),   // waiting in the queue
+            lease(1, false, Some(4), true, None, 0), // held, being reduced
+            lease(2, true, Some(5), false, None, 0), // reduced
+            lease(3, false, Some(6), false, None, 0), // expired: republish
+            lease(4, false, Some(7), false, Some(7), 9_000), // republished 1 s ago
+            lease(5, false, Some(9), false, Some(8), 9_000), // a newer grant expired
+            lease(6, false, Some(9), false, Some(9), 7_000), // republished 3 s ago, untaken
         ];
-        assert_eq!(expired_grants(&leases), vec![(3, 6), (5, 9)]);
-        assert!(expired_grants(&[]).is_empty());
+        assert_eq!(
+            expired_grants(&leases, 10_000, again),
+            vec![(3, 6), (5, 9), (6, 9)]
+        );
+        assert!(expired_grants(&[], 10_000, again).is_empty());
+        assert_eq!(
+            republish_again_after(Duration::from_secs(1)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            republish_again_after(Duration::from_millis(100)),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

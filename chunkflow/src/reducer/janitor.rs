@@ -7,12 +7,15 @@
 //!   while the partition is not reduced (invariant 9): its holder froze (SIGSTOP) or died
 //!   mid-reduce, and a frozen holder keeps its delivery unacked, so without this no other
 //!   reducer would take the partition over. The frozen holder's late commit stays fenced.
+//!   If no reducer took the partition a while later (the frozen holder had prefetched the
+//!   republished task too), it is republished again.
 //!
 //! Must not: touch a job that is sealed, not running, or whose producer is still
 //! heartbeating (the decision is [`crate::protocol::reduce::is_abandoned`]); republish a
 //! task merely waiting in the queue, one whose lease is held, or the same expired grant
-//! twice (the decision is [`crate::protocol::reduce::expired_grants`], and the claim in
-//! Redis makes it once among all reducers).
+//! more than once per `republish_again_after` (the decision is
+//! [`crate::protocol::reduce::expired_grants`], and the claim in Redis makes it once among
+//! all reducers).
 
 use std::time::Duration;
 
@@ -94,11 +97,15 @@ impl Janitor {
             return Ok(());
         };
         let leases = self.store.lease_facts(job_id, spec.partitions).await?;
-        let expired = reduce::expired_grants(&leases);
+        let again_after = reduce::republish_again_after(self.lease);
+        let expired = reduce::expired_grants(&leases, now_ms(), again_after);
         if expired.is_empty() {
             return Ok(());
         }
-        let claimed = self.store.claim_lease_republish(job_id, &expired).await?;
+        let claimed = self
+            .store
+            .claim_lease_republish(job_id, &expired, again_after)
+            .await?;
         if claimed.is_empty() {
             return Ok(());
         }
@@ -145,6 +152,12 @@ impl Janitor {
                 publisher.publish_pending(message).await?;
             }
             publisher.flush().await?;
+            // Closing the channel before its connection keeps lapin from logging an error.
+            let _ = tokio::time::timeout(
+                deadline.timeout(),
+                publisher.channel().close(200, "republished".into()),
+            )
+            .await;
             Ok::<(), SweepError>(())
         }
         .await;

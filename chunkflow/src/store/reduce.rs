@@ -105,6 +105,8 @@ pub struct LeaseFacts {
     pub held: bool,
     /// The expired grant whose reduce task was already republished, if any.
     pub republished: Option<u64>,
+    /// When it was republished (ms since the epoch; 0 if never).
+    pub republished_ms: u64,
 }
 
 /// Chunk ids of a partition's hash, parsed.
@@ -259,17 +261,21 @@ impl Store {
         let job = self.keys.job(job_id);
         let mut granted = redis::cmd("HMGET");
         let mut republished = redis::cmd("HMGET");
+        let mut republished_ms = redis::cmd("HMGET");
         granted.arg(job.meta());
         republished.arg(job.meta());
+        republished_ms.arg(job.meta());
         for partition in 0..partitions {
             granted.arg(format!("lease_granted:{partition}"));
             republished.arg(format!("lease_republished:{partition}"));
+            republished_ms.arg(format!("lease_republished_ms:{partition}"));
         }
         let mut pipe = redis::pipe();
         pipe.cmd("SMEMBERS")
             .arg(job.partitions_reduced())
             .add_command(granted)
-            .add_command(republished);
+            .add_command(republished)
+            .add_command(republished_ms);
         for partition in 0..partitions {
             pipe.cmd("PTTL").arg(job.partition_lease(partition));
         }
@@ -278,6 +284,7 @@ impl Store {
         let reduced: Vec<u32> = reply_item(job_id, items.next())?;
         let granted: Vec<Option<u64>> = reply_item(job_id, items.next())?;
         let republished: Vec<Option<u64>> = reply_item(job_id, items.next())?;
+        let republished_ms: Vec<Option<u64>> = reply_item(job_id, items.next())?;
         (0..partitions)
             .map(|partition| {
                 let remaining: i64 = reply_item(job_id, items.next())?;
@@ -288,18 +295,21 @@ impl Store {
                     granted: granted.get(at).copied().flatten(),
                     held: remaining > 0,
                     republished: republished.get(at).copied().flatten(),
+                    republished_ms: republished_ms.get(at).copied().flatten().unwrap_or(0),
                 })
             })
             .collect()
     }
 
     /// Claims the republishing of the reduce tasks of expired grants `(partition, token)`
-    /// (checked again atomically, see `claim_lease_republish.lua`); returns the partitions
-    /// claimed, whose tasks the caller must publish.
+    /// (checked again atomically, see `claim_lease_republish.lua`; a grant republished
+    /// before is claimed again only `again_after` later); returns the partitions claimed,
+    /// whose tasks the caller must publish.
     pub async fn claim_lease_republish(
         &self,
         job_id: &str,
         expired: &[(u32, u64)],
+        again_after: Duration,
     ) -> Result<Vec<u32>, StoreError> {
         if expired.is_empty() {
             return Ok(Vec::new());
@@ -313,6 +323,7 @@ impl Store {
             .key("reduced", job.partitions_reduced())
             .group("lease", leases)
             .invocation(&CLAIM_LEASE_REPUBLISH);
+        invocation.arg(now_ms()).arg(again_after.as_millis() as u64);
         for (partition, token) in expired {
             invocation.arg(*partition).arg(*token);
         }
@@ -330,7 +341,8 @@ impl Store {
             .invoke(
                 redis::cmd("HDEL")
                     .arg(self.keys.job(job_id).meta())
-                    .arg(format!("lease_republished:{partition}")),
+                    .arg(format!("lease_republished:{partition}"))
+                    .arg(format!("lease_republished_ms:{partition}")),
             )
             .await?;
         Ok(())
@@ -399,6 +411,7 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_secs(30);
+    const AGAIN: Duration = Duration::from_secs(3600);
 
     /// A job with `partitions` partitions and two committed chunks, sealed: reducing.
     async fn reducing_job(store: &Store, id: &str, partitions: u32) -> JobSpec {
@@ -646,6 +659,7 @@ mod tests {
             granted: None,
             held: false,
             republished: None,
+            republished_ms: 0,
         };
         assert_eq!(
             store.lease_facts("j", 3).await.unwrap(),
@@ -685,6 +699,7 @@ mod tests {
                     granted: Some(held.token),
                     held: true,
                     republished: None,
+                    republished_ms: 0,
                 },
                 LeaseFacts {
                     partition: 1,
@@ -692,6 +707,7 @@ mod tests {
                     granted: Some(expired.token),
                     held: false,
                     republished: None,
+                    republished_ms: 0,
                 },
                 LeaseFacts {
                     partition: 2,
@@ -699,36 +715,47 @@ mod tests {
                     granted: Some(reduced.token),
                     held: false,
                     republished: None,
+                    republished_ms: 0,
                 },
             ]
         );
         // The claim checks again: only the expired grant is claimed, and only once.
         let candidates = [(0, held.token), (1, expired.token), (2, reduced.token)];
         assert_eq!(
-            store.claim_lease_republish("j", &candidates).await.unwrap(),
+            store
+                .claim_lease_republish("j", &candidates, AGAIN)
+                .await
+                .unwrap(),
             vec![1]
         );
         assert!(store
-            .claim_lease_republish("j", &candidates)
+            .claim_lease_republish("j", &candidates, AGAIN)
             .await
             .unwrap()
             .is_empty());
+        let facts = &store.lease_facts("j", 3).await.unwrap()[1];
+        assert_eq!(facts.republished, Some(expired.token));
+        assert!(facts.republished_ms > 0);
+        // No new grant came for a while: claimed again.
         assert_eq!(
-            store.lease_facts("j", 3).await.unwrap()[1].republished,
-            Some(expired.token)
+            store
+                .claim_lease_republish("j", &[(1, expired.token)], Duration::ZERO)
+                .await
+                .unwrap(),
+            vec![1]
         );
         // A claim given back (its publish failed) is claimed again.
         store.release_lease_republish("j", 1).await.unwrap();
         assert_eq!(
             store
-                .claim_lease_republish("j", &[(1, expired.token)])
+                .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
                 .await
                 .unwrap(),
             vec![1]
         );
         // A stale token (a newer grant exists) is not claimed.
         assert!(store
-            .claim_lease_republish("j", &[(1, expired.token - 1)])
+            .claim_lease_republish("j", &[(1, expired.token - 1)], Duration::ZERO)
             .await
             .unwrap()
             .is_empty());
@@ -739,12 +766,12 @@ mod tests {
             .unwrap();
         store.release_lease_republish("j", 1).await.unwrap();
         assert!(store
-            .claim_lease_republish("j", &[(1, expired.token)])
+            .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
             .await
             .unwrap()
             .is_empty());
         assert!(store
-            .claim_lease_republish("gone", &[(0, 1)])
+            .claim_lease_republish("gone", &[(0, 1)], Duration::ZERO)
             .await
             .unwrap()
             .is_empty());
