@@ -141,6 +141,9 @@ pub struct JobFacts {
     pub task_done: bool,
     /// The last error a worker recorded for the chunk (`ns:{job}:errors`), if any.
     pub last_error: Option<String>,
+    /// A lease was ever granted on the task's partition (reduce tasks): a reducer took it,
+    /// and the janitor hands it over if that reducer froze or died (invariant 9).
+    pub partition_leased: bool,
 }
 
 /// What the watcher does with a dead letter.
@@ -227,6 +230,14 @@ pub fn decide(
                     "a reduce task of a job that is not reducing: not one of its tasks".into(),
                 );
             }
+            if facts.partition_leased {
+                // A duplicate that kept finding the lease busy, or a fenced holder's task:
+                // the partition is in hand, or the janitor republishes it.
+                return WatchAction::Drop(format!(
+                    "partition {} was taken by a reducer; the janitor hands it over if that one froze or died",
+                    task.partition
+                ));
+            }
             WatchAction::FailJob(format!(
                 "the reduce task of partition {} was dead-lettered by RabbitMQ ({death}); \
                  the job cannot complete without it; {kept}",
@@ -275,6 +286,7 @@ mod tests {
             max_record_size: 500,
             task_done: false,
             last_error: None,
+            partition_leased: false,
         }
     }
 

@@ -50,6 +50,7 @@ impl DeadLetterWatch {
             max_record_size: found.spec.max_record_size,
             task_done: found.done,
             last_error: found.last_error.clone(),
+            partition_leased: found.partition_leased,
         });
         match dead_letter::decide(task, facts.as_ref(), death, &self.dead_letter_queue) {
             WatchAction::Drop(why) => {

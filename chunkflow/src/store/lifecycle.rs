@@ -36,6 +36,8 @@ pub struct DeadTaskFacts {
     pub done: bool,
     /// The last error a worker recorded for the chunk (map tasks only).
     pub last_error: Option<String>,
+    /// A lease was ever granted on the partition (reduce tasks only).
+    pub partition_leased: bool,
 }
 
 /// Which task a dead letter was.
@@ -158,8 +160,8 @@ impl Store {
     }
 
     /// What a dead-lettered task's job looks like, in one round trip: its spec, state and
-    /// sealed total, whether the task's chunk is committed or partition reduced, and the
-    /// chunk's last recorded error. `None` if the job's record does not exist.
+    /// sealed total, whether the task's chunk is committed or partition reduced, the
+    /// chunk's last recorded error, and whether a lease was ever granted on the partition. `None` if the job's record does not exist.
     pub async fn dead_task_facts(
         &self,
         job_id: &str,
@@ -181,8 +183,9 @@ impl Store {
                 pipe.cmd("SISMEMBER")
                     .arg(job.partitions_reduced())
                     .arg(partition);
-                // No error notes for partitions: an always-empty answer keeps one shape.
-                pipe.cmd("HGET").arg(job.chunk_errors()).arg("-");
+                pipe.cmd("HGET")
+                    .arg(job.meta())
+                    .arg(format!("lease_granted:{partition}"));
             }
         }
         type Reply = (
@@ -190,9 +193,13 @@ impl Store {
             bool,
             Option<String>,
         );
-        let ((state, total_chunks, spec), done, last_error): Reply = self.invoke(&pipe).await?;
+        let ((state, total_chunks, spec), done, last): Reply = self.invoke(&pipe).await?;
         let (Some(state), Some(spec)) = (state, spec) else {
             return Ok(None);
+        };
+        let (last_error, partition_leased) = match task {
+            DeadTaskRef::Chunk(_) => (last, false),
+            DeadTaskRef::Partition(_) => (None, last.is_some()),
         };
         Ok(Some(DeadTaskFacts {
             spec: parse_spec(job_id, &spec)?,
@@ -200,6 +207,7 @@ impl Store {
             total_chunks,
             done,
             last_error,
+            partition_leased,
         }))
     }
 
@@ -486,13 +494,27 @@ mod tests {
                 total_chunks: Some(3),
                 done: true,
                 last_error: None,
+                partition_leased: false,
             }
         );
         let failing = facts(DeadTaskRef::Chunk(1)).await.unwrap().unwrap();
         assert!(!failing.done);
         assert_eq!(failing.last_error.as_deref(), Some("panic: boom"));
         let partition = facts(DeadTaskRef::Partition(1)).await.unwrap().unwrap();
-        assert!(!partition.done);
+        assert!(!partition.done && !partition.partition_leased);
         assert_eq!(partition.last_error, None);
+        for chunk in 1..3 {
+            store
+                .commit_chunk(&spec, chunk, false, &map_output(&[b"a", b""]))
+                .await
+                .unwrap();
+        }
+        let _begun = store
+            .begin_reduce("j", 1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let partition = facts(DeadTaskRef::Partition(1)).await.unwrap().unwrap();
+        assert_eq!(partition.state, JobState::Reducing);
+        assert!(!partition.done && partition.partition_leased);
     }
 }
