@@ -15,12 +15,17 @@
 //!
 //! Reducers also run the `janitor`: a job whose producer stopped publishing (it died
 //! before sealing the job) and has not been heard from for `producer_timeout` is failed,
-//! with a reason that says how to resume it.
+//! with a reason that says how to resume it; a partition whose lease expired mid-reduce
+//! (its holder froze or died) gets its reduce task republished, so another reducer takes
+//! it over. And they run the `dead_watch`: a task of a live job that RabbitMQ dead-lettered
+//! (delivery limit, a reject) fails the job, naming the task and the reason, instead of
+//! leaving it waiting forever.
 //!
 //! This file is the I/O shell: it reads the job, takes the lease, runs the job code,
 //! commits, and carries out what [`crate::protocol::reduce`] decides at each step; every
 //! decision and every failure text lives there.
 
+mod dead_watch;
 mod janitor;
 
 use std::ops::ControlFlow;
@@ -76,11 +81,38 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         grace_period: config.grace_period,
         health: config.health.clone(),
     };
-    let janitor = tokio::spawn(janitor::run(
-        store.clone(),
-        config.producer_timeout,
-        shutdown.clone(),
-    ));
+    let janitor = tokio::spawn(
+        janitor::Janitor {
+            store: store.clone(),
+            connection: config.connection.clone(),
+            producer_timeout: config.producer_timeout,
+            lease: config.lease,
+        }
+        .run(shutdown.clone()),
+    );
+    let dead_watch = {
+        let settings = ConsumerSettings {
+            role: "dead-watch",
+            queue: topology.dead_watch_queue(),
+            prefetch: 1,
+            retry_pause: Duration::from_secs(1),
+            grace_period: config.grace_period,
+            // Its own health: the watch's broker session does not decide the reducer's.
+            health: Arc::new(crate::health::ServiceHealth::new()),
+        };
+        let mut watch = dead_watch::DeadLetterWatch {
+            store: store.clone(),
+            dead_letter_queue: topology.dead_letter_queue(),
+        };
+        let (connection, shutdown) = (config.connection.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                service::run_consumer(&connection, &settings, &mut watch, &shutdown).await
+            {
+                tracing::error!(error = %error, "the dead-letter watch stopped");
+            }
+        })
+    };
     let faults = Faults::from_env();
     let handlers = (0..config.concurrency.max(1))
         .map(|_| ReduceHandler {
@@ -92,6 +124,8 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         .collect();
     let result = service::run_consumers(&config.connection, &settings, handlers, &shutdown).await;
     janitor.abort();
+    // The watch stops on the same shutdown; a task in hand runs to its ack.
+    let _ = tokio::time::timeout(config.grace_period, dead_watch).await;
     result
 }
 

@@ -8,6 +8,7 @@
 //! | `ns.reduce` | quorum queue | one JSON message per partition to reduce |
 //! | `ns.dlx` | fanout exchange | dead-letter exchange of both task queues |
 //! | `ns.dead` | durable queue | rejected (undecodable, poison) messages, for inspection |
+//! | `ns.dead-watch` | durable queue | a second copy of every dead letter, consumed by reducers, which fail the live job it belongs to |
 //!
 //! Task queues are quorum queues: replicated and durable, with a delivery limit so a message
 //! that kills every worker that takes it is dead-lettered instead of looping forever.
@@ -74,6 +75,12 @@ impl Topology {
         format!("{}.dead", self.namespace)
     }
 
+    /// The queue reducers consume dead letters from (bound to the same fanout exchange as
+    /// [`Topology::dead_letter_queue`], so `ns.dead` keeps its copy for people to inspect).
+    pub fn dead_watch_queue(&self) -> String {
+        format!("{}.dead-watch", self.namespace)
+    }
+
     fn task_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
@@ -98,7 +105,6 @@ impl Topology {
             ..QueueDeclareOptions::default()
         };
         let exchange = self.dead_letter_exchange();
-        let dead = self.dead_letter_queue();
         self.deadline
             .run(
                 format!("declare exchange {exchange}"),
@@ -113,24 +119,26 @@ impl Topology {
                 ),
             )
             .await?;
-        self.deadline
-            .run(
-                format!("declare queue {dead}"),
-                channel.queue_declare(dead.as_str().into(), durable, FieldTable::default()),
-            )
-            .await?;
-        self.deadline
-            .run(
-                format!("bind queue {dead} to {exchange}"),
-                channel.queue_bind(
-                    dead.as_str().into(),
-                    exchange.as_str().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
+        for dead in [self.dead_letter_queue(), self.dead_watch_queue()] {
+            self.deadline
+                .run(
+                    format!("declare queue {dead}"),
+                    channel.queue_declare(dead.as_str().into(), durable, FieldTable::default()),
+                )
+                .await?;
+            self.deadline
+                .run(
+                    format!("bind queue {dead} to {exchange}"),
+                    channel.queue_bind(
+                        dead.as_str().into(),
+                        exchange.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+        }
         for queue in [self.map_queue(), self.reduce_queue()] {
             self.deadline
                 .run(
@@ -151,12 +159,14 @@ impl Topology {
         Ok(self.queue_counts(channel, queue).await?.0)
     }
 
-    /// Every queue of the namespace: map, reduce, dead letters.
-    pub fn queues(&self) -> [String; 3] {
+    /// Every queue of the namespace: map, reduce, dead letters, and the dead letters'
+    /// watch copy.
+    pub fn queues(&self) -> [String; 4] {
         [
             self.map_queue(),
             self.reduce_queue(),
             self.dead_letter_queue(),
+            self.dead_watch_queue(),
         ]
     }
 
@@ -263,7 +273,11 @@ mod tests {
         assert_eq!(topology.map_queue(), "ns.map");
         assert_eq!(topology.reduce_queue(), "ns.reduce");
         assert_eq!(topology.dead_letter_exchange(), "ns.dlx");
-        assert_eq!(topology.queues(), ["ns.map", "ns.reduce", "ns.dead"]);
+        assert_eq!(topology.dead_watch_queue(), "ns.dead-watch");
+        assert_eq!(
+            topology.queues(),
+            ["ns.map", "ns.reduce", "ns.dead", "ns.dead-watch"]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Must not: open a connection, sleep, or log. A decision that needs I/O to be made takes
 //! the I/O's result as an argument.
 
+pub mod dead_letter;
 pub mod map;
 pub mod messages;
 pub mod reduce;

@@ -6,7 +6,8 @@
 //! round trip ([`on_begin`]); the partition's completeness ([`partition_is_complete`],
 //! [`on_incomplete`]); the job code's answer ([`reduce_refused`], [`reduce_crashed`]); the
 //! commit's outcome ([`after_commit`]). The janitor's decision about jobs whose producer
-//! vanished ([`is_abandoned`], [`abandoned_reason`]) is here too.
+//! vanished ([`is_abandoned`], [`abandoned_reason`]) and about partitions whose lease
+//! expired mid-reduce ([`expired_grants`]) are here too.
 //!
 //! Must not: touch Redis or the broker, sleep, or log.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use crate::job::JobState;
 use crate::protocol::{lost_state_reason, panic_message};
-use crate::store::{BeginReduce, ReduceCommitOutcome, ReduceStart};
+use crate::store::{BeginReduce, LeaseFacts, ReduceCommitOutcome, ReduceStart};
 
 /// What the reducer does with a reduce task's delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,43 @@ pub fn abandoned_reason(silent: Duration, producer_timeout: Duration) -> String 
         silent.as_millis() as f64 / 1000.0,
         producer_timeout
     )
+}
+
+/// How often the janitor sweeps: often enough for both of its duties, abandoned jobs
+/// ([`janitor_period`]) and expired leases (half a lease), never more than 5 times a second.
+pub fn janitor_sweep_period(producer_timeout: Duration, lease: Duration) -> Duration {
+    janitor_period(producer_timeout).min((lease / 2).max(Duration::from_millis(200)))
+}
+
+/// How long after republishing an expired grant's reduce task the janitor republishes it
+/// again if still no reducer took the partition (no new grant): the republished message
+/// may have been prefetched by the frozen reducer itself. Three leases, at least 2 s.
+pub fn republish_again_after(lease: Duration) -> Duration {
+    (lease * 3).max(Duration::from_secs(2))
+}
+
+/// The grants `(partition, token)` whose reduce task the janitor republishes: a lease was
+/// granted on the partition, it is no longer held, the partition is not reduced, and this
+/// grant was not republished before, or was republished `again_after` ago or longer and
+/// nobody took the partition since. A task merely waiting in the queue has no grant; a
+/// holder still renewing holds its lease; so only a holder that froze or died mid-reduce
+/// (whose delivery may stay unacked) gets its partition handed to another reducer.
+pub fn expired_grants(
+    leases: &[LeaseFacts],
+    now_ms: u64,
+    again_after: Duration,
+) -> Vec<(u32, u64)> {
+    let again_after_ms = again_after.as_millis() as u64;
+    leases
+        .iter()
+        .filter(|lease| !lease.reduced && !lease.held)
+        .filter_map(|lease| {
+            let token = lease.granted?;
+            let first_time = lease.republished != Some(token);
+            let again = now_ms.saturating_sub(lease.republished_ms) >= again_after_ms;
+            (first_time || again).then_some((lease.partition, token))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -348,6 +386,58 @@ mod tests {
         assert_eq!(
             janitor_period(Duration::from_secs(3600)),
             Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn only_expired_grants_of_unreduced_partitions_are_republished() {
+        let lease = |partition, reduced, granted, held, republished, republished_ms| LeaseFacts {
+            partition,
+            reduced,
+            granted,
+            held,
+            republished,
+            republished_ms,
+        };
+        let again = Duration::from_secs(3);
+        let leases = [
+            lease(0, false, None, false, None, 0),   // waiting in the queue
+            lease(1, false, Some(4), true, None, 0), // held, being reduced
+            lease(2, true, Some(5), false, None, 0), // reduced
+            lease(3, false, Some(6), false, None, 0), // expired: republish
+            lease(4, false, Some(7), false, Some(7), 9_000), // republished 1 s ago
+            lease(5, false, Some(9), false, Some(8), 9_000), // a newer grant expired
+            lease(6, false, Some(9), false, Some(9), 7_000), // republished 3 s ago, untaken
+        ];
+        assert_eq!(
+            expired_grants(&leases, 10_000, again),
+            vec![(3, 6), (5, 9), (6, 9)]
+        );
+        assert!(expired_grants(&[], 10_000, again).is_empty());
+        assert_eq!(
+            republish_again_after(Duration::from_secs(1)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            republish_again_after(Duration::from_millis(100)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn the_janitor_sweeps_for_the_shorter_of_its_duties() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            janitor_sweep_period(minute, Duration::from_millis(100)),
+            Duration::from_millis(200)
         );
     }
 }

@@ -9,6 +9,8 @@
 //!   [`SealOutcome::Completed`] (the `running → reducing` transition is in the script);
 //! - a job ends once: `end_job` changes only a running or reducing job; the first ending
 //!   wins, deletes the intermediate data and puts the TTL on the rest;
+//! - a dead-lettered task's facts (state, total, whether it is done, its last error) are
+//!   read in one round trip, for the reducers' dead-letter watch to decide on;
 //! - nothing recreates part of a job: the heartbeat and error notes write only while the
 //!   job's record exists, and the tombstone writes only where nothing is.
 //!
@@ -20,9 +22,30 @@ use std::sync::LazyLock;
 use deadpool_redis::redis::{self, Script};
 
 use super::keys::JobKeys;
-use super::{load_script, parse_state, parse_u64, reply_tag, unexpected_reply};
+use super::{load_script, parse_spec, parse_state, parse_u64, reply_tag, unexpected_reply};
 use super::{ScriptKeys, Store, StoreError, END_JOB_LUA};
 use crate::job::{now_ms, JobSpec, JobState};
+
+/// What Redis holds about a dead-lettered task's job (see [`Store::dead_task_facts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadTaskFacts {
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub total_chunks: Option<u64>,
+    /// The chunk is committed (a map task) or the partition reduced (a reduce task).
+    pub done: bool,
+    /// The last error a worker recorded for the chunk (map tasks only).
+    pub last_error: Option<String>,
+    /// A lease was ever granted on the partition (reduce tasks only).
+    pub partition_leased: bool,
+}
+
+/// Which task a dead letter was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadTaskRef {
+    Chunk(u64),
+    Partition(u32),
+}
 
 /// What sealing a job (recording its total number of chunks) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +157,58 @@ impl Store {
             .arg(state.as_str());
         let reply: String = self.invoke(&invocation).await?;
         Ok(reply == "ended")
+    }
+
+    /// What a dead-lettered task's job looks like, in one round trip: its spec, state and
+    /// sealed total, whether the task's chunk is committed or partition reduced, the
+    /// chunk's last recorded error, and whether a lease was ever granted on the partition. `None` if the job's record does not exist.
+    pub async fn dead_task_facts(
+        &self,
+        job_id: &str,
+        task: DeadTaskRef,
+    ) -> Result<Option<DeadTaskFacts>, StoreError> {
+        let job = self.keys.job(job_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(job.meta())
+            .arg("state")
+            .arg("total")
+            .arg("spec");
+        match task {
+            DeadTaskRef::Chunk(chunk) => {
+                pipe.cmd("SISMEMBER").arg(job.chunks_done()).arg(chunk);
+                pipe.cmd("HGET").arg(job.chunk_errors()).arg(chunk);
+            }
+            DeadTaskRef::Partition(partition) => {
+                pipe.cmd("SISMEMBER")
+                    .arg(job.partitions_reduced())
+                    .arg(partition);
+                pipe.cmd("HGET")
+                    .arg(job.meta())
+                    .arg(format!("lease_granted:{partition}"));
+            }
+        }
+        type Reply = (
+            (Option<String>, Option<u64>, Option<String>),
+            bool,
+            Option<String>,
+        );
+        let ((state, total_chunks, spec), done, last): Reply = self.invoke(&pipe).await?;
+        let (Some(state), Some(spec)) = (state, spec) else {
+            return Ok(None);
+        };
+        let (last_error, partition_leased) = match task {
+            DeadTaskRef::Chunk(_) => (last, false),
+            DeadTaskRef::Partition(_) => (None, last.is_some()),
+        };
+        Ok(Some(DeadTaskFacts {
+            spec: parse_spec(job_id, &spec)?,
+            state: parse_state(job_id, Some(&state))?,
+            total_chunks,
+            done,
+            last_error,
+            partition_leased,
+        }))
     }
 
     /// Records a failed job whose whole record Redis lost (it restarted empty, or evicted
@@ -380,5 +455,66 @@ mod tests {
         let (state, total, seen) = store.job_progress("j").await.unwrap().unwrap();
         assert_eq!((state, total), (JobState::Running, None));
         assert!(seen >= spec.created_ms, "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_dead_tasks_facts_come_in_one_visit() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        assert_eq!(
+            store
+                .dead_task_facts("gone", DeadTaskRef::Chunk(0))
+                .await
+                .unwrap(),
+            None
+        );
+        let spec = spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        store
+            .commit_chunk(&spec, 0, false, &map_output(&[b"a", b""]))
+            .await
+            .unwrap();
+        store
+            .record_chunk_error("j", 1, "panic: boom")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.seal_job("j", 3).await.unwrap(),
+            SealOutcome::Sealed { committed: 1 }
+        );
+        let facts = |task| store.dead_task_facts("j", task);
+        let committed = facts(DeadTaskRef::Chunk(0)).await.unwrap().unwrap();
+        assert_eq!(
+            committed,
+            DeadTaskFacts {
+                spec: spec.clone(),
+                state: JobState::Running,
+                total_chunks: Some(3),
+                done: true,
+                last_error: None,
+                partition_leased: false,
+            }
+        );
+        let failing = facts(DeadTaskRef::Chunk(1)).await.unwrap().unwrap();
+        assert!(!failing.done);
+        assert_eq!(failing.last_error.as_deref(), Some("panic: boom"));
+        let partition = facts(DeadTaskRef::Partition(1)).await.unwrap().unwrap();
+        assert!(!partition.done && !partition.partition_leased);
+        assert_eq!(partition.last_error, None);
+        for chunk in 1..3 {
+            store
+                .commit_chunk(&spec, chunk, false, &map_output(&[b"a", b""]))
+                .await
+                .unwrap();
+        }
+        let _begun = store
+            .begin_reduce("j", 1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let partition = facts(DeadTaskRef::Partition(1)).await.unwrap().unwrap();
+        assert_eq!(partition.state, JobState::Reducing);
+        assert!(!partition.done && partition.partition_leased);
     }
 }

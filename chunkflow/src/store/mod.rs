@@ -51,9 +51,9 @@ mod reduce;
 mod test_support;
 mod views;
 
-pub use lifecycle::SealOutcome;
+pub use lifecycle::{DeadTaskFacts, DeadTaskRef, SealOutcome};
 pub use map_commit::CommitOutcome;
-pub use reduce::{BeginReduce, LeaseOutcome, ReduceCommitOutcome, ReduceStart};
+pub use reduce::{BeginReduce, LeaseFacts, LeaseOutcome, ReduceCommitOutcome, ReduceStart};
 pub use views::{Failure, PartitionProgress};
 
 use crate::config::{redact_url, ConnectionConfig};

@@ -10,7 +10,10 @@
 //!   reduced, unless it already is; the script that reduces the last partition marks the
 //!   job succeeded, deletes the rest of the intermediate data and puts the TTL on the rest;
 //! - the partials come with the count of outputs the commits recorded for the partition,
-//!   so a reducer can tell lost data from an empty partition.
+//!   so a reducer can tell lost data from an empty partition;
+//! - every grant is recorded in the job's record (`lease_granted:P`), and a grant that
+//!   expired on an unreduced partition is claimed for republishing once
+//!   (`lease_republished:P`), by one janitor among all reducers.
 //!
 //! Must not: merge data or decide what to do with a delivery (the reducer does), or take a
 //! lease for a job that does not exist.
@@ -88,6 +91,23 @@ static RENEW_LEASE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/renew_lease.lua"), &[]));
 static BEGIN_REDUCE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/begin_reduce.lua"), &[]));
+static CLAIM_LEASE_REPUBLISH: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/claim_lease_republish.lua"), &[]));
+
+/// One partition's lease as the janitor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseFacts {
+    pub partition: u32,
+    pub reduced: bool,
+    /// The token of the last lease granted on the partition, if any was.
+    pub granted: Option<u64>,
+    /// Whether a lease is held now.
+    pub held: bool,
+    /// The expired grant whose reduce task was already republished, if any.
+    pub republished: Option<u64>,
+    /// When it was republished (ms since the epoch; 0 if never).
+    pub republished_ms: u64,
+}
 
 /// Chunk ids of a partition's hash, parsed.
 fn chunk_entries(
@@ -228,6 +248,106 @@ impl Store {
         })
     }
 
+    /// The lease facts of every partition of a reducing job (the janitor's read; the claim
+    /// checks them again atomically).
+    pub async fn lease_facts(
+        &self,
+        job_id: &str,
+        partitions: u32,
+    ) -> Result<Vec<LeaseFacts>, StoreError> {
+        if partitions == 0 {
+            return Ok(Vec::new());
+        }
+        let job = self.keys.job(job_id);
+        let mut granted = redis::cmd("HMGET");
+        let mut republished = redis::cmd("HMGET");
+        let mut republished_ms = redis::cmd("HMGET");
+        granted.arg(job.meta());
+        republished.arg(job.meta());
+        republished_ms.arg(job.meta());
+        for partition in 0..partitions {
+            granted.arg(format!("lease_granted:{partition}"));
+            republished.arg(format!("lease_republished:{partition}"));
+            republished_ms.arg(format!("lease_republished_ms:{partition}"));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS")
+            .arg(job.partitions_reduced())
+            .add_command(granted)
+            .add_command(republished)
+            .add_command(republished_ms);
+        for partition in 0..partitions {
+            pipe.cmd("PTTL").arg(job.partition_lease(partition));
+        }
+        let reply: Vec<Value> = self.invoke(&pipe).await?;
+        let mut items = reply.into_iter();
+        let reduced: Vec<u32> = reply_item(job_id, items.next())?;
+        let granted: Vec<Option<u64>> = reply_item(job_id, items.next())?;
+        let republished: Vec<Option<u64>> = reply_item(job_id, items.next())?;
+        let republished_ms: Vec<Option<u64>> = reply_item(job_id, items.next())?;
+        (0..partitions)
+            .map(|partition| {
+                let remaining: i64 = reply_item(job_id, items.next())?;
+                let at = partition as usize;
+                Ok(LeaseFacts {
+                    partition,
+                    reduced: reduced.contains(&partition),
+                    granted: granted.get(at).copied().flatten(),
+                    held: remaining > 0,
+                    republished: republished.get(at).copied().flatten(),
+                    republished_ms: republished_ms.get(at).copied().flatten().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Claims the republishing of the reduce tasks of expired grants `(partition, token)`
+    /// (checked again atomically, see `claim_lease_republish.lua`; a grant republished
+    /// before is claimed again only `again_after` later); returns the partitions claimed,
+    /// whose tasks the caller must publish.
+    pub async fn claim_lease_republish(
+        &self,
+        job_id: &str,
+        expired: &[(u32, u64)],
+        again_after: Duration,
+    ) -> Result<Vec<u32>, StoreError> {
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let job = self.keys.job(job_id);
+        let leases = expired
+            .iter()
+            .map(|(partition, _)| job.partition_lease(*partition));
+        let mut invocation = ScriptKeys::new()
+            .key("meta", job.meta())
+            .key("reduced", job.partitions_reduced())
+            .group("lease", leases)
+            .invocation(&CLAIM_LEASE_REPUBLISH);
+        invocation.arg(now_ms()).arg(again_after.as_millis() as u64);
+        for (partition, token) in expired {
+            invocation.arg(*partition).arg(*token);
+        }
+        self.invoke(&invocation).await
+    }
+
+    /// Gives a claim back (its publish failed), so a later sweep claims it again. Deleting
+    /// a field never recreates a job.
+    pub async fn release_lease_republish(
+        &self,
+        job_id: &str,
+        partition: u32,
+    ) -> Result<(), StoreError> {
+        let _removed: i64 = self
+            .invoke(
+                redis::cmd("HDEL")
+                    .arg(self.keys.job(job_id).meta())
+                    .arg(format!("lease_republished:{partition}"))
+                    .arg(format!("lease_republished_ms:{partition}")),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Everything a reducer needs to start on `partition` of `job_id`, in one round trip
     /// (one script): the job's state, whether the partition is already reduced, the lease
     /// for `lease_ttl` (or who holds it), and, once the lease is held, the job's spec and
@@ -291,6 +411,7 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_secs(30);
+    const AGAIN: Duration = Duration::from_secs(3600);
 
     /// A job with `partitions` partitions and two committed chunks, sealed: reducing.
     async fn reducing_job(store: &Store, id: &str, partitions: u32) -> JobSpec {
@@ -523,5 +644,138 @@ mod tests {
             store.begin_reduce("j", 0, LEASE).await.unwrap(),
             BeginReduce::NotReducing(JobState::Succeeded)
         );
+    }
+
+    #[tokio::test]
+    async fn an_expired_grant_is_claimed_for_republishing_once() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = reducing_job(store, "j", 3).await;
+        let no_lease = |partition| LeaseFacts {
+            partition,
+            reduced: false,
+            granted: None,
+            held: false,
+            republished: None,
+            republished_ms: 0,
+        };
+        assert_eq!(
+            store.lease_facts("j", 3).await.unwrap(),
+            vec![no_lease(0), no_lease(1), no_lease(2)],
+            "tasks waiting in the queue have no grant"
+        );
+        // Partition 0 is held, 1 was granted and expired, 2 is reduced.
+        let begin = |partition| store.begin_reduce("j", partition, LEASE);
+        let BeginReduce::Acquired(held) = begin(0).await.unwrap() else {
+            panic!("a free lease is granted");
+        };
+        let BeginReduce::Acquired(expired) = begin(1).await.unwrap() else {
+            panic!("a free lease is granted");
+        };
+        let BeginReduce::Acquired(reduced) = begin(2).await.unwrap() else {
+            panic!("a free lease is granted");
+        };
+        let output = reduce_output("a\t1\n");
+        assert_eq!(
+            store
+                .commit_partition(&spec, 2, reduced.token, &output)
+                .await
+                .unwrap(),
+            ReduceCommitOutcome::Reduced
+        );
+        let job = store.keys.job("j");
+        let _: i64 = test
+            .raw(redis::cmd("DEL").arg(job.partition_lease(1)))
+            .await;
+        let facts = store.lease_facts("j", 3).await.unwrap();
+        assert_eq!(
+            facts,
+            vec![
+                LeaseFacts {
+                    partition: 0,
+                    reduced: false,
+                    granted: Some(held.token),
+                    held: true,
+                    republished: None,
+                    republished_ms: 0,
+                },
+                LeaseFacts {
+                    partition: 1,
+                    reduced: false,
+                    granted: Some(expired.token),
+                    held: false,
+                    republished: None,
+                    republished_ms: 0,
+                },
+                LeaseFacts {
+                    partition: 2,
+                    reduced: true,
+                    granted: Some(reduced.token),
+                    held: false,
+                    republished: None,
+                    republished_ms: 0,
+                },
+            ]
+        );
+        // The claim checks again: only the expired grant is claimed, and only once.
+        let candidates = [(0, held.token), (1, expired.token), (2, reduced.token)];
+        assert_eq!(
+            store
+                .claim_lease_republish("j", &candidates, AGAIN)
+                .await
+                .unwrap(),
+            vec![1]
+        );
+        assert!(store
+            .claim_lease_republish("j", &candidates, AGAIN)
+            .await
+            .unwrap()
+            .is_empty());
+        let facts = &store.lease_facts("j", 3).await.unwrap()[1];
+        assert_eq!(facts.republished, Some(expired.token));
+        assert!(facts.republished_ms > 0);
+        // No new grant came for a while: claimed again.
+        assert_eq!(
+            store
+                .claim_lease_republish("j", &[(1, expired.token)], Duration::ZERO)
+                .await
+                .unwrap(),
+            vec![1]
+        );
+        // A claim given back (its publish failed) is claimed again.
+        store.release_lease_republish("j", 1).await.unwrap();
+        assert_eq!(
+            store
+                .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
+                .await
+                .unwrap(),
+            vec![1]
+        );
+        // A stale token (a newer grant exists) is not claimed.
+        assert!(store
+            .claim_lease_republish("j", &[(1, expired.token - 1)], Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        // Nothing is claimed for a job that is not reducing, nor for a missing one.
+        store
+            .end_job(&spec, JobState::Failed, "stop")
+            .await
+            .unwrap();
+        store.release_lease_republish("j", 1).await.unwrap();
+        assert!(store
+            .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .claim_lease_republish("gone", &[(0, 1)], Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty());
+        store.release_lease_republish("gone", 0).await.unwrap();
+        assert!(!test.exists(&store.keys.job("gone").meta()).await);
     }
 }

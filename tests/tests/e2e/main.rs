@@ -8,6 +8,7 @@ mod bad_input;
 mod chaos;
 mod compose;
 mod dashboard;
+mod dead_letters;
 mod faults;
 mod inputs;
 mod jobs;

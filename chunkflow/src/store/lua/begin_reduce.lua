@@ -24,5 +24,8 @@ local remaining = redis.call('PTTL', lease)
 if remaining > 0 then return {'busy', tostring(remaining)} end
 local token = redis.call('HINCRBY', meta, 'fence', 1)
 redis.call('SET', lease, token, 'PX', ttl_ms)
+-- The grant is recorded, so the janitor can tell a lease that was granted and expired (its
+-- holder froze or died mid-reduce) from a task merely waiting in the queue.
+redis.call('HSET', meta, 'lease_granted:' .. partition, token)
 return {'acquired', record[3] or '', record[4] or '', tostring(token), record[5] or '0',
   redis.call('HGETALL', map)}
