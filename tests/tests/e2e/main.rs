@@ -10,6 +10,7 @@ mod compose;
 mod dashboard;
 mod faults;
 mod jobs;
+mod outages;
 mod pipeline;
 mod service;
 mod stack;
