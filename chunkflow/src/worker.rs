@@ -99,6 +99,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             commits: 0,
             open_attempt: None,
             cut_short: Vec::new(),
+            refused_for_memory: Vec::new(),
         })
         .collect();
     service::run_consumers(&config.connection, &settings, handlers, &shutdown).await
@@ -116,6 +117,9 @@ struct MapHandler {
     open_attempt: Option<(String, u64)>,
     /// Attempts an outage cut short, to give back once Redis answers (before the next task).
     cut_short: Vec<(String, u64)>,
+    /// Jobs whose writes Redis refused for lack of memory in the current outage: failed
+    /// (saying so) if it outlasts the outage timeout.
+    refused_for_memory: Vec<Arc<JobSpec>>,
 }
 
 impl MapHandler {
@@ -165,6 +169,11 @@ impl MapHandler {
                 if let (true, Some(attempt)) = (error.is_outage(), open_attempt) {
                     // Redis failed the attempt, not the job code: it costs nothing.
                     self.cut_short.push(attempt);
+                }
+                if error.is_out_of_memory()
+                    && !self.refused_for_memory.iter().any(|s| s.id == job.spec.id)
+                {
+                    self.refused_for_memory.push(job.spec.clone());
                 }
                 return store_disposition(error);
             }
@@ -329,7 +338,21 @@ impl MapHandler {
 
 impl TaskHandler for MapHandler {
     async fn recover(&mut self) -> Result<(), StoreError> {
-        self.give_back_cut_short().await
+        self.give_back_cut_short().await?;
+        self.refused_for_memory.clear();
+        Ok(())
+    }
+
+    async fn outage_outlasted(&mut self, waited: Duration) {
+        let reason = map::out_of_memory_reason(waited.as_secs());
+        for spec in std::mem::take(&mut self.refused_for_memory) {
+            match self.store.fail_job_out_of_memory(&spec, &reason).await {
+                Ok(_) => tracing::error!(job_id = %spec.id, reason, "failed the job"),
+                Err(error) => {
+                    tracing::error!(job_id = %spec.id, error = %error, "could not fail the job")
+                }
+            }
+        }
     }
 
     async fn handle(&mut self, task: Task, publisher: &mut Publisher) -> Disposition {

@@ -69,6 +69,16 @@ pub trait TaskHandler {
     fn recover(&mut self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
+
+    /// Called when an outage lasted past the outage timeout, before the service gives up:
+    /// the worker fails the jobs whose writes Redis refused for lack of memory.
+    fn outage_outlasted(
+        &mut self,
+        waited: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let _ = waited;
+        async {}
+    }
 }
 
 /// Settings of the consume loop.
@@ -271,6 +281,7 @@ async fn wait_out_redis_outage<H: TaskHandler>(
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     loop {
         if outage_expired(since, Instant::now(), args.outage_timeout) {
+            handler.outage_outlasted(since.elapsed()).await;
             return Err(ServiceError::RedisOutage {
                 url: redact_url(&args.redis_url),
                 waited_secs: since.elapsed().as_secs(),

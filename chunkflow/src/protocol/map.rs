@@ -133,6 +133,16 @@ pub fn attempts_exhausted(
     }
 }
 
+/// Why a job is failed when Redis stayed out of memory past `--outage-timeout` while its
+/// chunks waited: what happened and what to do.
+pub fn out_of_memory_reason(waited_secs: u64) -> String {
+    format!(
+        "Redis is out of memory (maxmemory reached under noeviction) and refused this job's \
+         writes for {waited_secs} s, longer than --outage-timeout: raise Redis's maxmemory or \
+         free memory (delete old jobs, shorten --ttl), then re-submit the job"
+    )
+}
+
 /// Job code refused its input (bad input under a fail policy): retrying cannot help. The
 /// job fails and the chunk goes to the dead-letter queue for inspection.
 pub fn map_refused(task: &MapTask, error: &dyn Display) -> MapAction {
@@ -282,6 +292,16 @@ mod tests {
             panic!("fails the job");
         };
         assert!(reason.ends_with("last error: the process handling it died or stalled each time"));
+    }
+
+    #[test]
+    fn a_job_failed_for_lack_of_memory_says_what_to_do() {
+        let reason = out_of_memory_reason(600);
+        assert!(reason.starts_with("Redis is out of memory"), "{reason}");
+        assert!(
+            reason.contains("600 s") && reason.contains("raise Redis's maxmemory"),
+            "{reason}"
+        );
     }
 
     #[test]

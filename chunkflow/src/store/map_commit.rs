@@ -21,7 +21,7 @@ use std::sync::LazyLock;
 
 use deadpool_redis::redis::{self, Script};
 
-use super::{load_script, parse_state, parse_u64, reply_tag, unexpected_reply};
+use super::{load_script, parse_state, parse_u64, reply_tag, unexpected_reply, END_JOB_LUA};
 use super::{ScriptKeys, Store, StoreError};
 use crate::job::{now_ms, JobSpec, JobState};
 use crate::jobs::MapOutput;
@@ -61,6 +61,14 @@ static START_ATTEMPT: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/start_attempt.lua"), &[]));
 static GIVE_BACK_ATTEMPT: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/give_back_attempt.lua"), &[]));
+
+/// `end_job.lua` flagged `allow-oom`: Redis runs it even when out of memory (it frees the
+/// job's intermediate data), where the plain script is refused before it starts.
+static END_JOB_UNDER_OOM: LazyLock<Script> = LazyLock::new(|| {
+    let source = include_str!("lua/end_job.lua");
+    let body = source.split_once('\n').map_or("", |(_, body)| body);
+    load_script(&format!("#!lua flags=allow-oom\n{body}"), &[END_JOB_LUA])
+});
 
 static COMMIT_CHUNK: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/commit_chunk.lua"), &[]));
@@ -144,6 +152,24 @@ impl Store {
         invocation.arg(chunk);
         let _left: i64 = self.invoke(&invocation).await?;
         Ok(())
+    }
+
+    /// Fails a running or reducing job even while Redis is out of memory (the script may
+    /// write under OOM, and deletes the job's intermediate data); `false` if it had ended.
+    pub async fn fail_job_out_of_memory(
+        &self,
+        spec: &JobSpec,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let job = self.keys.job(&spec.id);
+        let mut invocation = Store::job_keys(&job, spec.partitions).invocation(&END_JOB_UNDER_OOM);
+        invocation
+            .arg(reason)
+            .arg(spec.ttl_secs)
+            .arg(now_ms())
+            .arg(JobState::Failed.as_str());
+        let reply: String = self.invoke(&invocation).await?;
+        Ok(reply == "ended")
     }
 
     /// Records the last error of a failed attempt at a chunk (for the failure reason).
@@ -370,6 +396,31 @@ mod tests {
             })
         );
         assert!(!test.exists(&attempts).await, "deleted with the job's data");
+    }
+
+    #[tokio::test]
+    async fn a_job_failed_for_lack_of_memory_ends_once_and_frees_its_data() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        store
+            .commit_chunk(&spec, 0, false, &map_output(&[b"a", b"b"]))
+            .await
+            .unwrap();
+        assert!(store
+            .fail_job_out_of_memory(&spec, "Redis is out of memory")
+            .await
+            .unwrap());
+        let status = store.status("j").await.unwrap().unwrap();
+        assert_eq!(status.state, JobState::Failed);
+        assert!(!test.exists(&store.keys.job("j").partition_data(0)).await);
+        assert!(
+            !store.fail_job_out_of_memory(&spec, "again").await.unwrap(),
+            "a job ends once"
+        );
     }
 
     #[tokio::test]

@@ -459,7 +459,10 @@ fn load_script(source: &str, fragments: &[&str]) -> Script {
 
 fn assemble_script(source: &str, fragments: &[&str]) -> String {
     let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
-    debug_assert_eq!(shebang, "#!lua", "every script file starts with `#!lua`");
+    debug_assert!(
+        shebang == "#!lua" || shebang.starts_with("#!lua flags="),
+        "every script starts with `#!lua` (and its flags, if any)"
+    );
     let mut text = format!("{shebang}\n{KEY_LAYOUT_LUA}");
     for fragment in fragments {
         text.push_str(fragment);

@@ -141,3 +141,42 @@ fn peeking_at_a_task_costs_no_attempt() {
     let dead = cluster.topology().dead_letter_queue();
     assert_eq!(cluster.queue_depth(&dead), 0, "nothing was dead-lettered");
 }
+
+/// Redis out of memory (`maxmemory` under `noeviction`) used to be reported as "the process
+/// handling it died or stalled each time". It is waited out like an outage; past
+/// `--outage-timeout` the job fails saying Redis is out of memory and what to do, and the
+/// workers exit non-zero naming Redis.
+#[test]
+fn redis_out_of_memory_past_the_outage_timeout_fails_the_job_saying_so() {
+    let private = PrivateRedis::start();
+    let mut cluster = Cluster::new("outage-oom");
+    cluster.use_redis(&private.url());
+    let (file, _, _) = text_input(&cluster, "a.txt", 53, 20_000);
+    let worker_env = [
+        ("CHUNKFLOW_FAULT", "map-delay-ms=200"),
+        ("CHUNKFLOW_OUTAGE_TIMEOUT", "5s"),
+    ];
+    let worker = cluster.worker(&worker_env);
+    cluster.reducer(&[("CHUNKFLOW_OUTAGE_TIMEOUT", "5s")]);
+    let (producer, job) = cluster.submit_background(&["--chunk-size", "16KiB", "-q"], &[&file]);
+    wait_for("the job to be sealed with chunks left", LONG, || {
+        let status = cluster.status(&job);
+        (status["chunks_total"].as_u64().is_some() && cluster.committed(&job) >= 1).then_some(())
+    });
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut private.connection())
+        .unwrap();
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(!status.success(), "the job must fail: {stderr}");
+    assert!(stderr.contains("Redis is out of memory"), "{stderr}");
+    let exit = cluster.service(worker).wait_exit(LONG);
+    assert!(!exit.success(), "the worker gave up on Redis");
+    let log = cluster.log("worker", worker);
+    assert!(
+        log.contains("longer than --outage-timeout") && log.contains("out of memory"),
+        "{log}"
+    );
+}
