@@ -44,6 +44,12 @@ pub struct ConnectionArgs {
     /// a publisher confirm) before giving up on it (e.g. 10s, 2m).
     #[arg(long, global = true, env = "CHUNKFLOW_BROKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub broker_timeout: Duration,
+
+    /// How long to wait out a Redis outage (Redis stopped, unreachable, or out of memory)
+    /// before giving up: a worker or reducer stops taking tasks meanwhile and exits with an
+    /// error past it; the producer's Redis retries fail past it (e.g. 30s, 10m, 1h).
+    #[arg(long, global = true, env = "CHUNKFLOW_OUTAGE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub outage_timeout: Duration,
 }
 
 impl std::fmt::Debug for ConnectionArgs {
@@ -54,6 +60,7 @@ impl std::fmt::Debug for ConnectionArgs {
             .field("namespace", &self.namespace)
             .field("redis_timeout", &self.redis_timeout)
             .field("broker_timeout", &self.broker_timeout)
+            .field("outage_timeout", &self.outage_timeout)
             .finish()
     }
 }
@@ -67,6 +74,7 @@ impl ConnectionArgs {
             namespace: self.namespace.clone(),
             redis_timeout: self.redis_timeout,
             broker_timeout: self.broker_timeout,
+            outage_timeout: self.outage_timeout,
         }
     }
 }

@@ -456,7 +456,14 @@ async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
         }
         Command::Watch { job } => {
             let store = connect_store(&connection).await?;
-            crate::watch::wait_for_job(&store, &job, true, Instant::now()).await?;
+            crate::watch::wait_for_job(
+                &store,
+                &job,
+                true,
+                Instant::now(),
+                connection.outage_timeout,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dashboard {
@@ -616,6 +623,7 @@ async fn submit(
             submission.job_id(),
             !args.quiet,
             submission.started(),
+            connection.outage_timeout,
         )
         .await?;
     }

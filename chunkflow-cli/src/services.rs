@@ -36,8 +36,9 @@ struct WorkerCli {
     #[command(flatten)]
     consumer: ConsumerArgs,
 
-    /// Deliveries of one chunk (panics, or a worker dying on it) before its job is failed
-    /// and the chunk dead-lettered (1 to 19).
+    /// Attempts at one chunk (panics, or a worker dying on it) before its job is failed and
+    /// the chunk dead-lettered (1 to 19). Requeues that ran no job code (a Redis outage, a
+    /// peek at the queue) are not attempts.
     #[arg(long, env = "CHUNKFLOW_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=chunkflow::worker::MAX_ATTEMPTS_LIMIT as i64))]
     max_attempts: u32,

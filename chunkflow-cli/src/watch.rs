@@ -126,14 +126,17 @@ pub async fn wait_for_job(
     job: &str,
     show_progress: bool,
     started: Instant,
+    outage_timeout: Duration,
 ) -> Result<JobStatus, ProducerError> {
     let mut progress = JobProgress::new(show_progress);
     let mut poll = Duration::from_millis(20);
     let mut last_seen: Option<(JobSpec, JobState)> = None;
     loop {
         let status =
-            match chunkflow::producer::retry_transient("following the job", || store.status(job))
-                .await?
+            match chunkflow::producer::retry_transient("following the job", outage_timeout, || {
+                store.status(job)
+            })
+            .await?
             {
                 Some(status) => status,
                 None => {

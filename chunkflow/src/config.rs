@@ -15,6 +15,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// Default namespace.
 pub const DEFAULT_NAMESPACE: &str = "chunkflow";
+/// How long a Redis outage is waited out by default before a process gives up.
+pub const DEFAULT_OUTAGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the broker and Redis are, and which namespace of them this deployment uses.
 /// Built by the command lines (flags and their environment twins) or by tests.
@@ -29,6 +31,10 @@ pub struct ConnectionConfig {
     /// How long to wait for RabbitMQ to answer one operation (connect, declare, consume,
     /// a publisher confirm) before giving up on it.
     pub broker_timeout: Duration,
+    /// How long a Redis outage (unreachable, not answering, out of memory) is waited out
+    /// before the process gives up: workers and reducers exit with an error, the producer's
+    /// Redis retries fail.
+    pub outage_timeout: Duration,
 }
 
 impl std::fmt::Debug for ConnectionConfig {
@@ -39,6 +45,7 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("namespace", &self.namespace)
             .field("redis_timeout", &self.redis_timeout)
             .field("broker_timeout", &self.broker_timeout)
+            .field("outage_timeout", &self.outage_timeout)
             .finish()
     }
 }
@@ -52,6 +59,7 @@ impl ConnectionConfig {
             namespace: namespace.to_string(),
             redis_timeout: Duration::from_secs(30),
             broker_timeout: Duration::from_secs(30),
+            outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a running worker or reducer knows about its own health: connected to the broker,
-//! when Redis last answered, tasks done, the task in hand. The service owns one
+//! when Redis last answered, whether it is waiting out a Redis outage, tasks done, the task
+//! in hand. The service owns one
 //! [`ServiceHealth`] and writes it from its consume loops; whoever monitors the service
 //! (the `/readyz` endpoint and heartbeat of the command-line crate) is handed the same
 //! `Arc` and only reads it, except for recording that Redis answered a heartbeat.
@@ -7,7 +8,7 @@
 //! There is no process-wide instance: two services in one process (an in-process test)
 //! each have their own.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +22,18 @@ pub struct ServiceHealth {
     redis_ok_ms: AtomicU64,
     tasks_done: AtomicU64,
     current_task: Mutex<Option<String>>,
+    /// Consume loops waiting out a Redis outage now.
+    loops_in_outage: AtomicUsize,
+}
+
+/// Marks one consume loop as waiting out an outage while it lives.
+#[derive(Debug)]
+pub struct OutageMark<'a>(&'a ServiceHealth);
+
+impl Drop for OutageMark<'_> {
+    fn drop(&mut self) {
+        self.0.loops_in_outage.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServiceHealth {
@@ -54,6 +67,17 @@ impl ServiceHealth {
         self.broker_connected.load(Ordering::Relaxed)
     }
 
+    /// A consume loop stops consuming to wait out a Redis outage, until the mark is
+    /// dropped; the service is not ready meanwhile.
+    pub fn outage(&self) -> OutageMark<'_> {
+        self.loops_in_outage.fetch_add(1, Ordering::Relaxed);
+        OutageMark(self)
+    }
+
+    pub fn in_outage(&self) -> bool {
+        self.loops_in_outage.load(Ordering::Relaxed) > 0
+    }
+
     /// Records that Redis answered just now.
     pub fn redis_answered(&self) {
         self.redis_ok_ms.store(now_ms(), Ordering::Relaxed);
@@ -72,6 +96,9 @@ impl ServiceHealth {
         }
         if !self.redis_ok(redis_within) {
             missing.push("Redis did not answer the last heartbeat");
+        }
+        if self.in_outage() {
+            missing.push("waiting out a Redis outage (not taking tasks)");
         }
         if missing.is_empty() {
             Ok(())
@@ -95,6 +122,24 @@ mod tests {
         assert_eq!(health.readiness(Duration::from_secs(5)), Ok(()));
         health.set_broker_connected(false);
         assert!(health.readiness(Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn not_ready_while_waiting_out_an_outage() {
+        let health = ServiceHealth::new();
+        health.set_broker_connected(true);
+        health.redis_answered();
+        let first = health.outage();
+        let second = health.outage();
+        let why = health.readiness(Duration::from_secs(5)).unwrap_err();
+        assert!(why.contains("Redis outage"), "{why}");
+        drop(first);
+        assert!(
+            health.readiness(Duration::from_secs(5)).is_err(),
+            "one loop still waits"
+        );
+        drop(second);
+        assert_eq!(health.readiness(Duration::from_secs(5)), Ok(()));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! facade with plain labels and import nothing of the code that calls them; which exporter
 //! serves them (Prometheus, in the command-line crate) is the application's choice.
 //!
-//! Labels are bounded: `role` (worker, reducer) and, on failures, `outcome` (dead_letter,
-//! retry). Never a job id, chunk or partition: those belong in logs and `producer status`,
+//! Labels are bounded: `role` (worker, reducer), on failures `outcome` (dead_letter,
+//! retry), on outages `dependency` (redis). Never a job id, chunk or partition: those belong in logs and `producer status`,
 //! and as labels they would grow the exporter without bound.
 //!
 //! | metric | type | meaning |
@@ -22,6 +22,7 @@
 //! | `chunkflow_tasks_in_flight{role}` | gauge | deliveries being handled now |
 //! | `chunkflow_reconnects_total{role}` | counter | broker sessions (or connection attempts) that failed and were retried |
 //! | `chunkflow_broker_connected{role}` | gauge | 1 while consuming |
+//! | `chunkflow_outages_total{role,dependency}` | counter | outages of a dependency (`redis`) waited out by a consume loop |
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub const COMMIT_DURATION: &str = "chunkflow_commit_duration_seconds";
 pub const IN_FLIGHT: &str = "chunkflow_tasks_in_flight";
 pub const RECONNECTS: &str = "chunkflow_reconnects_total";
 pub const BROKER_CONNECTED: &str = "chunkflow_broker_connected";
+pub const OUTAGES: &str = "chunkflow_outages_total";
 
 /// Histogram buckets, in seconds: 1 ms to 2 min (for whichever exporter is installed).
 pub const BUCKETS: &[f64] = &[
@@ -56,6 +58,7 @@ pub fn register(role: &'static str) {
     for outcome in [Settlement::DeadLetter, Settlement::Retry] {
         counter!(FAILED, "role" => role, "outcome" => outcome.label()).absolute(0);
     }
+    counter!(OUTAGES, "role" => role, "dependency" => "redis").absolute(0);
     gauge!(IN_FLIGHT, "role" => role).set(0.0);
     gauge!(BROKER_CONNECTED, "role" => role).set(0.0);
     if role == "worker" {
@@ -95,6 +98,10 @@ fn describe() {
         "Broker sessions (or connection attempts) that failed and were retried"
     );
     describe_gauge!(BROKER_CONNECTED, "1 while consuming from the broker");
+    describe_counter!(
+        OUTAGES,
+        "Outages of a dependency (Redis) during which a consume loop stopped taking tasks"
+    );
 }
 
 /// Held while a delivery is handled: counts it in flight.
@@ -174,4 +181,9 @@ pub fn broker_connected(role: &'static str, connected: bool) {
 /// A broker session failed and is being re-established.
 pub fn reconnect(role: &'static str) {
     counter!(RECONNECTS, "role" => role).increment(1);
+}
+
+/// A consume loop stopped taking tasks to wait out an outage of `dependency` (`redis`).
+pub fn outage(role: &'static str, dependency: &'static str) {
+    counter!(OUTAGES, "role" => role, "dependency" => dependency).increment(1);
 }

@@ -317,6 +317,8 @@ pub struct Submission {
     started: Instant,
     /// The job existed and was already sealed: nothing to publish.
     already_sealed: bool,
+    /// How long Redis retries last (`--outage-timeout`).
+    outage_timeout: Duration,
 }
 
 /// What publishing did.
@@ -394,6 +396,7 @@ impl Submission {
             topology,
             started: Instant::now(),
             already_sealed,
+            outage_timeout: connection_args.outage_timeout,
         })
     }
 
@@ -543,8 +546,10 @@ impl Submission {
         // Sealing is idempotent, so a Redis blip is retried; if an earlier attempt sealed
         // and completed the job but its reply was lost, the job is already reducing and
         // nobody has published its reduce tasks: publish them (duplicates are harmless).
-        let outcome =
-            retry_transient("sealing the job", || self.store.seal_job(&job, total)).await?;
+        let outcome = retry_transient("sealing the job", self.outage_timeout, || {
+            self.store.seal_job(&job, total)
+        })
+        .await?;
         match outcome {
             SealOutcome::Sealed { .. } => Ok(()),
             SealOutcome::Completed | SealOutcome::NotRunning(JobState::Reducing) => {
@@ -586,8 +591,13 @@ impl Submission {
 }
 
 /// Runs `operation` until it succeeds or fails for a reason other than Redis being
-/// unreachable for a while (up to about two minutes of retries).
-pub async fn retry_transient<T, F, Fut>(what: &str, mut operation: F) -> Result<T, StoreError>
+/// unavailable, for up to `outage_timeout` of retries (the connection's `--outage-timeout`,
+/// the same time workers and reducers wait out an outage).
+pub async fn retry_transient<T, F, Fut>(
+    what: &str,
+    outage_timeout: Duration,
+    mut operation: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -596,7 +606,7 @@ where
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match operation().await {
-            Err(error) if error.is_transient() && started.elapsed() < Duration::from_secs(120) => {
+            Err(error) if error.is_transient() && started.elapsed() < outage_timeout => {
                 tracing::warn!(error = %error, retry_in = ?backoff.current(), "{what}: Redis unavailable; retrying");
                 backoff.wait().await;
             }

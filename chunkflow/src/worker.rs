@@ -11,9 +11,12 @@
 //! refuses a second commit of a chunk), run job code on the async reactor, or die on a bad
 //! message (undecodable tasks go to the dead-letter queue and the loop carries on).
 //!
-//! Failures are classified: Redis unreachable → requeue and retry; a panic in job code →
-//! requeue, up to `max_attempts` deliveries of the chunk (counted by the quorum queue, so
-//! a worker that dies on the chunk counts too), then the job fails naming the chunk and the
+//! Failures are classified: Redis out (unreachable, not answering, out of memory) → the
+//! delivery is given back and the consume loop waits for Redis; an attempt the outage cut
+//! short is given back (its count decremented) as soon as Redis answers, before the next
+//! task; a panic in job code → requeue, up to `max_attempts` attempts at the chunk (counted
+//! in Redis when an attempt starts, so a worker that dies on the chunk counts too, and a
+//! requeue that ran no job code does not), then the job fails naming the chunk and the
 //! last error, and the task is dead-lettered; an error returned by job code (bad input under
 //! a fail policy) → the job fails at once and the task is dead-lettered; job code this
 //! worker cannot build → the job fails; Redis lost part of the job's state → the job fails;
@@ -45,8 +48,11 @@ use crate::protocol::{store_disposition, Disposition};
 use crate::store::{CommitOutcome, Store, StoreError};
 use job_cache::{JobCache, Loaded, LoadedJob};
 
-/// Largest accepted `max_attempts`: the queue's own delivery limit must stay a backstop.
-pub const MAX_ATTEMPTS_LIMIT: u32 = crate::broker::topology::DELIVERY_LIMIT as u32 - 1;
+/// Largest accepted `max_attempts`. The queue's own delivery limit stays a backstop far
+/// above it (an outage gives deliveries back without costing attempts).
+pub const MAX_ATTEMPTS_LIMIT: u32 = 19;
+
+const _: () = assert!(crate::broker::topology::DELIVERY_LIMIT > 10 * MAX_ATTEMPTS_LIMIT as i64);
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -54,7 +60,7 @@ pub struct WorkerConfig {
     pub connection: ConnectionConfig,
     /// Deliveries the broker may hand this worker ahead of the one in progress.
     pub prefetch: u16,
-    /// Deliveries of one chunk before its job is failed (1 to 19).
+    /// Attempts at one chunk before its job is failed (1 to 19).
     pub max_attempts: u32,
     /// After SIGTERM, how long the chunk in hand may take before it is given back.
     pub grace_period: Duration,
@@ -91,6 +97,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             faults: faults.clone(),
             max_attempts,
             commits: 0,
+            open_attempt: None,
+            cut_short: Vec::new(),
+            refused_for_memory: Vec::new(),
         })
         .collect();
     service::run_consumers(&config.connection, &settings, handlers, &shutdown).await
@@ -104,9 +113,27 @@ struct MapHandler {
     faults: Faults,
     max_attempts: u32,
     commits: u64,
+    /// The attempt started by the task in hand (job, chunk), until it ends.
+    open_attempt: Option<(String, u64)>,
+    /// Attempts an outage cut short, to give back once Redis answers (before the next task).
+    cut_short: Vec<(String, u64)>,
+    /// Jobs whose writes Redis refused for lack of memory in the current outage: failed
+    /// (saying so) if it outlasts the outage timeout.
+    refused_for_memory: Vec<Arc<JobSpec>>,
 }
 
 impl MapHandler {
+    /// Gives back the attempts an outage cut short; stops at the first that Redis refuses
+    /// (the rest stay remembered).
+    async fn give_back_cut_short(&mut self) -> Result<(), StoreError> {
+        while let Some((job_id, chunk)) = self.cut_short.last() {
+            self.store.give_back_attempt(job_id, *chunk).await?;
+            tracing::info!(job_id = %job_id, chunk, "gave back an attempt an outage of Redis cut short");
+            self.cut_short.pop();
+        }
+        Ok(())
+    }
+
     /// Loads the task's job, decides the delivery step by step, and carries the decision
     /// out.
     async fn process(
@@ -115,6 +142,9 @@ impl MapHandler {
         delivery: Task,
         publisher: &mut Publisher,
     ) -> Disposition {
+        if let Err(error) = self.give_back_cut_short().await {
+            return store_disposition(error);
+        }
         let job = match self
             .jobs
             .load(&self.store, &self.registry, &task.job_id)
@@ -131,9 +161,22 @@ impl MapHandler {
             }
             Err(error) => return store_disposition(error),
         };
-        let action = match self.map_and_commit(&task, delivery, &job).await {
+        let mapped = self.map_and_commit(&task, delivery, &job).await;
+        let open_attempt = self.open_attempt.take();
+        let action = match mapped {
             Ok(action) => action,
-            Err(error) => return store_disposition(error),
+            Err(error) => {
+                if let (true, Some(attempt)) = (error.is_outage(), open_attempt) {
+                    // Redis failed the attempt, not the job code: it costs nothing.
+                    self.cut_short.push(attempt);
+                }
+                if error.is_out_of_memory()
+                    && !self.refused_for_memory.iter().any(|s| s.id == job.spec.id)
+                {
+                    self.refused_for_memory.push(job.spec.clone());
+                }
+                return store_disposition(error);
+            }
         };
         self.carry_out(action, &task, &job.spec, publisher).await
     }
@@ -155,8 +198,20 @@ impl MapHandler {
         if let ControlFlow::Break(action) = checked {
             return Ok(action);
         }
-        let attempt = match map::attempt(delivery.previous_deliveries, self.max_attempts) {
-            Attempt::Within(attempt) => attempt,
+        // One round trip: the job's fresh state, and the attempt counted if it runs.
+        let Some(start) = self.store.start_attempt(&spec.id, task.chunk).await? else {
+            return Ok(map::after_commit(CommitOutcome::Missing, task));
+        };
+        self.jobs.refreshed(&spec.id, start.state);
+        if let ControlFlow::Break(action) = map::on_job_state(start.state) {
+            return Ok(action);
+        }
+        let attempt = match map::attempt(start.started, self.max_attempts) {
+            Attempt::Within(attempt) => {
+                self.open_attempt = Some((spec.id.to_string(), task.chunk));
+                attempt
+            }
+            Attempt::Uncounted => 0,
             Attempt::Exhausted => {
                 let last_error = self.store.chunk_error(&spec.id, task.chunk).await?;
                 return Ok(map::attempts_exhausted(task, self.max_attempts, last_error));
@@ -282,6 +337,24 @@ impl MapHandler {
 }
 
 impl TaskHandler for MapHandler {
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        self.give_back_cut_short().await?;
+        self.refused_for_memory.clear();
+        Ok(())
+    }
+
+    async fn outage_outlasted(&mut self, waited: Duration) {
+        let reason = map::out_of_memory_reason(waited.as_secs());
+        for spec in std::mem::take(&mut self.refused_for_memory) {
+            match self.store.fail_job_out_of_memory(&spec, &reason).await {
+                Ok(_) => tracing::error!(job_id = %spec.id, reason, "failed the job"),
+                Err(error) => {
+                    tracing::error!(job_id = %spec.id, error = %error, "could not fail the job")
+                }
+            }
+        }
+    }
+
     async fn handle(&mut self, task: Task, publisher: &mut Publisher) -> Disposition {
         let map_task = match MapTask::decode(&task.properties) {
             Ok(map_task) => map_task,

@@ -72,11 +72,14 @@ pub fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-/// A Redis server of the test's own, without persistence, on a free port: it can be
-/// restarted (losing everything) without touching the shared one.
+/// A Redis server of the test's own, without automatic snapshots, on a free port: it can be
+/// restarted (losing everything), or stopped with its data saved and started again,
+/// without touching the shared one.
 pub struct PrivateRedis {
     pub port: u16,
     child: Child,
+    /// Where `SHUTDOWN SAVE` writes its snapshot, and a restart reads it.
+    dir: std::path::PathBuf,
 }
 
 impl PrivateRedis {
@@ -85,11 +88,15 @@ impl PrivateRedis {
             .and_then(|listener| listener.local_addr())
             .expect("a free local port")
             .port();
-        let child = Self::spawn(port);
-        PrivateRedis { port, child }
+        let dir =
+            std::env::temp_dir().join(format!("chunkflow-redis-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the private Redis's directory");
+        let child = Self::spawn(port, &dir);
+        PrivateRedis { port, child, dir }
     }
 
-    fn spawn(port: u16) -> Child {
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -100,7 +107,11 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--dbfilename",
+                "dump.rdb",
             ])
+            .arg("--dir")
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -117,11 +128,42 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// A connection to this server.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("a valid Redis URL")
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the private Redis")
+    }
+
     /// Kills the server and starts an empty one on the same port.
     pub fn restart_empty(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port);
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+
+    /// Stops the server with its data saved (`SHUTDOWN SAVE`): connections are refused
+    /// until [`PrivateRedis::start_again`].
+    pub fn stop_saving(&mut self) {
+        // The server closes the connection instead of replying.
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query::<()>(&mut self.connection());
+        let child = &mut self.child;
+        wait_for("the private Redis to exit", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        });
+        assert!(
+            self.dir.join("dump.rdb").exists(),
+            "the private Redis saved its data"
+        );
+    }
+
+    /// Starts the server again on the same port, with the data it saved.
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn(self.port, &self.dir);
     }
 }
 
@@ -129,5 +171,6 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

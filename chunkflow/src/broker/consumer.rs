@@ -12,8 +12,16 @@
 //! broker that stops answering ends the session, and the supervisor reconnects. An ack
 //! that returns `false` (its channel died) is logged: the broker redelivers the message,
 //! and the commit protocol makes the redelivery harmless.
+//!
+//! A Redis outage ([`Disposition::Unavailable`]: unreachable, not answering, out of memory)
+//! is waited out, not retried task by task: the delivery is given back, the channel closed
+//! (prefetched deliveries return), and Redis probed with capped backoff until it answers
+//! and accepts writes; then the handler settles what the outage left undone
+//! ([`TaskHandler::recover`]) and consuming resumes. The service is not ready meanwhile. An
+//! outage longer than the connection's `outage_timeout` ends the service with
+//! [`ServiceError::RedisOutage`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -54,6 +62,23 @@ pub trait TaskHandler {
         task: Task,
         publisher: &mut Publisher,
     ) -> impl std::future::Future<Output = Disposition> + Send;
+
+    /// Called once Redis answers again after an outage, before consuming again: settles
+    /// what the outage left undone (the worker gives back the attempts it cut short). An
+    /// error keeps the loop waiting.
+    fn recover(&mut self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called when an outage lasted past the outage timeout, before the service gives up:
+    /// the worker fails the jobs whose writes Redis refused for lack of memory.
+    fn outage_outlasted(
+        &mut self,
+        waited: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let _ = waited;
+        async {}
+    }
 }
 
 /// Settings of the consume loop.
@@ -76,6 +101,13 @@ pub enum ServiceError {
     InvalidAmqpUrl { url: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("Redis at {url} was unavailable for {waited_secs} s, longer than --outage-timeout ({timeout_secs} s); last error: {last_error}. Start Redis (or free its memory: raise maxmemory, delete old jobs) and start this service again")]
+    RedisOutage {
+        url: String,
+        waited_secs: u64,
+        timeout_secs: u64,
+        last_error: String,
+    },
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -138,16 +170,27 @@ pub async fn run_consumer<H: TaskHandler>(
     }
     let topology = Topology::for_connection(args);
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    let mut outage = OutageClock::default();
     while !shutdown.is_cancelled() {
-        let mut connected = false;
-        let ended = session(args, settings, &topology, handler, shutdown, &mut connected).await;
+        let mut progress = SessionProgress::default();
+        let ended = session(args, settings, &topology, handler, shutdown, &mut progress).await;
         crate::metrics::broker_connected(settings.role, false);
         settings.health.set_broker_connected(false);
+        if progress.settled_a_task {
+            outage.task_settled();
+        }
         match ended {
-            Ok(()) => break,
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::RedisUnavailable(reason)) => {
+                backoff.reset();
+                let since = outage.begin(Instant::now());
+                if !wait_out_redis_outage(args, settings, handler, shutdown, since, reason).await? {
+                    break;
+                }
+            }
             Err(error) => {
                 crate::metrics::reconnect(settings.role);
-                if connected {
+                if progress.connected {
                     backoff.reset();
                 }
                 tracing::error!(error = %error, retry_in = ?backoff.current(), "broker session ended; reconnecting");
@@ -159,6 +202,135 @@ pub async fn run_consumer<H: TaskHandler>(
     }
     tracing::info!(role = settings.role, "stopped");
     Ok(())
+}
+
+/// When the Redis outage being waited out began. An outage that seems over (Redis answers)
+/// but comes back before a single task was settled (Redis answers PING but still refuses
+/// writes) is the same outage: its clock keeps running.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct OutageClock {
+    since: Option<Instant>,
+}
+
+impl OutageClock {
+    /// An outage is seen at `now`: when it began.
+    fn begin(&mut self, now: Instant) -> Instant {
+        *self.since.get_or_insert(now)
+    }
+
+    /// A task was settled: the outage is over.
+    fn task_settled(&mut self) {
+        self.since = None;
+    }
+}
+
+/// Whether an outage that began at `since` has lasted past `timeout` at `now`.
+fn outage_expired(since: Instant, now: Instant, timeout: Duration) -> bool {
+    now.saturating_duration_since(since) >= timeout
+}
+
+/// Refused by Redis while it is out of memory, without writing anything: Redis 7 refuses a
+/// script that may write (a `#!lua` shebang without `no-writes`) before running it.
+const WRITE_PROBE: &str = "#!lua\nreturn 1\n";
+
+/// What a failed probe tells the operator (from the error's code and text): an
+/// out-of-memory refusal says what to do.
+fn probe_failure(code: Option<&str>, error: &dyn std::fmt::Display) -> String {
+    if code == Some("OOM") {
+        format!(
+            "Redis is out of memory ({error}): raise its maxmemory, or free memory (delete old jobs' keys)"
+        )
+    } else {
+        format!("Redis did not answer: {error}")
+    }
+}
+
+/// Whether Redis answers and accepts writes (a script that may write, but does not).
+async fn probe_redis(args: &ConnectionConfig) -> Result<(), String> {
+    let mut connection = crate::store::connect_dedicated(&args.redis_url, args.redis_timeout)
+        .await
+        .map_err(|error| error.to_string())?;
+    let _one: i64 = deadpool_redis::redis::cmd("EVAL")
+        .arg(WRITE_PROBE)
+        .arg(0)
+        .query_async(&mut connection)
+        .await
+        .map_err(|error| probe_failure(error.code(), &error))?;
+    Ok(())
+}
+
+/// Waits until Redis answers (and the handler has recovered), probing with capped backoff;
+/// `Ok(false)` on shutdown, an error once the outage that began at `since` outlasts the
+/// connection's `outage_timeout`.
+async fn wait_out_redis_outage<H: TaskHandler>(
+    args: &ConnectionConfig,
+    settings: &ConsumerSettings,
+    handler: &mut H,
+    shutdown: &CancellationToken,
+    since: Instant,
+    reason: String,
+) -> Result<bool, ServiceError> {
+    crate::metrics::outage(settings.role, "redis");
+    let _not_ready = settings.health.outage();
+    tracing::warn!(
+        role = settings.role,
+        reason = %reason,
+        outage_timeout = ?args.outage_timeout,
+        "Redis is unavailable: gave the task back; not taking tasks until it answers"
+    );
+    let mut last_error = reason;
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
+    loop {
+        if outage_expired(since, Instant::now(), args.outage_timeout) {
+            handler.outage_outlasted(since.elapsed()).await;
+            return Err(ServiceError::RedisOutage {
+                url: redact_url(&args.redis_url),
+                waited_secs: since.elapsed().as_secs(),
+                timeout_secs: args.outage_timeout.as_secs(),
+                last_error,
+            });
+        }
+        if !backoff.pause(shutdown).await {
+            return Ok(false);
+        }
+        let recovered = match probe_redis(args).await {
+            Ok(()) => handler.recover().await.map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        };
+        match recovered {
+            Ok(()) => {
+                settings.health.redis_answered();
+                tracing::info!(
+                    role = settings.role,
+                    waited = ?since.elapsed(),
+                    "Redis answers again; consuming"
+                );
+                return Ok(true);
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, retry_in = ?backoff.current(), "Redis still unavailable");
+                last_error = error;
+            }
+        }
+    }
+}
+
+/// How a session ended without a broker failure.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Shutdown was requested (or the grace period ran out).
+    Shutdown,
+    /// A task found Redis out: it was given back and the channel closed.
+    RedisUnavailable(String),
+}
+
+/// What a session got done before it ended.
+#[derive(Debug, Default)]
+struct SessionProgress {
+    /// It was consuming (the broker side worked).
+    connected: bool,
+    /// It settled a task other than by giving it back in an outage.
+    settled_a_task: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +387,7 @@ fn settlement_of(disposition: &Disposition) -> Settlement {
     match disposition {
         Disposition::Ack => Settlement::Ack,
         Disposition::DeadLetter(_) => Settlement::DeadLetter,
-        Disposition::Retry(_) => Settlement::Retry,
+        Disposition::Retry(_) | Disposition::Unavailable(_) => Settlement::Retry,
     }
 }
 
@@ -233,7 +405,7 @@ fn settle_of(disposition: &Disposition) -> Settle {
     match disposition {
         Disposition::Ack => Settle::Ack,
         Disposition::DeadLetter(_) => Settle::RejectToDeadLetters,
-        Disposition::Retry(_) => Settle::Requeue,
+        Disposition::Retry(_) | Disposition::Unavailable(_) => Settle::Requeue,
     }
 }
 
@@ -243,8 +415,8 @@ async fn session<H: TaskHandler>(
     topology: &Topology,
     handler: &mut H,
     shutdown: &CancellationToken,
-    connected: &mut bool,
-) -> Result<(), SessionError> {
+    progress: &mut SessionProgress,
+) -> Result<SessionEnd, SessionError> {
     let deadline = topology.deadline();
     let connection =
         topology::connect_within(&args.amqp_url, settings.role, deadline.timeout()).await?;
@@ -271,7 +443,7 @@ async fn session<H: TaskHandler>(
             ),
         )
         .await?;
-    *connected = true;
+    progress.connected = true;
     crate::metrics::broker_connected(settings.role, true);
     settings.health.set_broker_connected(true);
     tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
@@ -291,7 +463,7 @@ async fn session<H: TaskHandler>(
                     tokio::time::timeout(deadline.timeout(), channel.close(200, "shutdown".into()))
                         .await;
                 close_within(&connection, "shutdown", deadline).await;
-                return Ok(());
+                return Ok(SessionEnd::Shutdown);
             }
             Some(None) => return Err(SessionError::ConsumerEnded),
             Some(Some(delivery)) => delivery?,
@@ -322,7 +494,7 @@ async fn session<H: TaskHandler>(
                 // connection with a cancelled command is ever reused.
                 tracing::warn!(grace = ?settings.grace_period, "grace period over; giving the task in hand back");
                 close_within(&connection, "shutdown", deadline).await;
-                return Ok(());
+                return Ok(SessionEnd::Shutdown);
             }
         };
         crate::metrics::task_settled(settings.role, settlement_of(&disposition));
@@ -336,6 +508,9 @@ async fn session<H: TaskHandler>(
         }
         if let Disposition::DeadLetter(reason) = &disposition {
             tracing::warn!(reason = %reason, "rejecting task to the dead-letter queue");
+        }
+        if let Disposition::Unavailable(reason) = &disposition {
+            tracing::warn!(reason = %reason, "Redis unavailable; giving the task back");
         }
         let settlement = async {
             match settle_of(&disposition) {
@@ -369,6 +544,17 @@ async fn session<H: TaskHandler>(
             );
             return Err(SessionError::ChannelLost);
         }
+        if let Disposition::Unavailable(reason) = disposition {
+            // Stop taking tasks: closing the channel gives prefetched ones back.
+            let _ = tokio::time::timeout(
+                deadline.timeout(),
+                channel.close(200, "waiting out a Redis outage".into()),
+            )
+            .await;
+            close_within(&connection, "waiting out a Redis outage", deadline).await;
+            return Ok(SessionEnd::RedisUnavailable(reason));
+        }
+        progress.settled_a_task = true;
     }
 }
 
@@ -386,7 +572,12 @@ mod tests {
                 Settlement::DeadLetter,
             ),
             (
-                Disposition::Retry("Redis down".into()),
+                Disposition::Retry("panic".into()),
+                Settle::Requeue,
+                Settlement::Retry,
+            ),
+            (
+                Disposition::Unavailable("Redis down".into()),
                 Settle::Requeue,
                 Settlement::Retry,
             ),
@@ -395,5 +586,42 @@ mod tests {
             assert_eq!(settle_of(&disposition), settle, "{disposition:?}");
             assert_eq!(settlement_of(&disposition), settlement, "{disposition:?}");
         }
+    }
+
+    #[test]
+    fn an_outage_that_returns_before_any_task_keeps_its_clock() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(30);
+        let mut clock = OutageClock::default();
+        assert_eq!(clock.begin(start), start);
+        // Redis answered, but the next task found it out again: the same outage.
+        assert_eq!(clock.begin(later), start);
+        assert!(outage_expired(
+            clock.begin(later),
+            later,
+            Duration::from_secs(30)
+        ));
+        assert!(!outage_expired(start, later, Duration::from_secs(31)));
+        // A task settled in between: a new outage starts its own clock.
+        clock.task_settled();
+        assert_eq!(clock.begin(later), later);
+    }
+
+    #[test]
+    fn an_out_of_memory_probe_says_what_to_do() {
+        let oom = probe_failure(
+            Some("OOM"),
+            &"OOM command not allowed when used memory > 'maxmemory'.",
+        );
+        assert!(
+            oom.starts_with("Redis is out of memory (OOM command"),
+            "{oom}"
+        );
+        assert!(oom.contains("raise its maxmemory"), "{oom}");
+        let refused = probe_failure(None, &"Connection refused (os error 111)");
+        assert_eq!(
+            refused,
+            "Redis did not answer: Connection refused (os error 111)"
+        );
     }
 }

@@ -26,8 +26,10 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use crate::broker::deadline::{BrokerDeadline, BrokerError};
 use crate::config::{redact_url, ConnectionConfig};
 
-/// A redelivered message past this many returns to its queue is dead-lettered.
-pub const DELIVERY_LIMIT: i64 = 20;
+/// A redelivered message past this many returns to its queue is dead-lettered: a backstop
+/// far above `--max-attempts` (counted in Redis) and what an outage of a few minutes
+/// produces. A queue declared with another limit must be deleted to be declared again.
+pub const DELIVERY_LIMIT: i64 = 500;
 
 /// Names and declarations of one namespace's queues, and how long a declare may take.
 #[derive(Debug, Clone)]

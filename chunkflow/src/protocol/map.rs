@@ -3,7 +3,9 @@
 //! asks here, and carries out the [`MapAction`] it gets back.
 //!
 //! The steps, in order: the job's state ([`on_job_state`]); the body's size
-//! ([`check_body`]); the delivery count ([`attempt`], [`attempts_exhausted`]); the job
+//! ([`check_body`]); the attempts started at the chunk, counted in Redis as the attempt
+//! starts ([`attempt`], [`attempts_exhausted`]; requeues that ran no job code are not
+//! attempts, see ARCHITECTURE.md invariant 10); the job
 //! code's answer ([`map_refused`], [`map_crashed`]); the commit's outcome
 //! ([`after_commit`]). Every failure text a job or an operator sees is written here.
 //!
@@ -87,23 +89,27 @@ pub fn check_body(
     ControlFlow::Continue(())
 }
 
-/// Which delivery of a chunk this is, against the allowed number.
+/// Which attempt at a chunk a delivery is, against the allowed number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// The n-th delivery (from 1), within `max_attempts`: map it.
+    /// The n-th attempt (from 1), within `max_attempts`: map it.
     Within(u64),
+    /// No attempt was started: the chunk is committed already (its commit will be a
+    /// duplicate) or the job stopped running in the meantime.
+    Uncounted,
     /// Past `max_attempts`: the job fails (see [`attempts_exhausted`]).
     Exhausted,
 }
 
-/// The attempt a delivery is, from the deliveries before it (the quorum queue counts them,
-/// returns after a consumer died included).
-pub fn attempt(previous_deliveries: u64, max_attempts: u32) -> Attempt {
-    let attempt = previous_deliveries.saturating_add(1);
-    if attempt > u64::from(max_attempts) {
-        Attempt::Exhausted
-    } else {
-        Attempt::Within(attempt)
+/// The attempt a delivery is, from the attempts started at its chunk, this one included
+/// (counted in Redis as the attempt starts, less those an outage cut short; 0: none
+/// started). A redelivery that ran no job code (a peek, a prefetched delivery given back,
+/// an outage) started no attempt and costs none.
+pub fn attempt(started: u64, max_attempts: u32) -> Attempt {
+    match started {
+        0 => Attempt::Uncounted,
+        n if n > u64::from(max_attempts) => Attempt::Exhausted,
+        n => Attempt::Within(n),
     }
 }
 
@@ -125,6 +131,16 @@ pub fn attempts_exhausted(
         then: Disposition::DeadLetter(reason.clone()),
         reason,
     }
+}
+
+/// Why a job is failed when Redis stayed out of memory past `--outage-timeout` while its
+/// chunks waited: what happened and what to do.
+pub fn out_of_memory_reason(waited_secs: u64) -> String {
+    format!(
+        "Redis is out of memory (maxmemory reached under noeviction) and refused this job's \
+         writes for {waited_secs} s, longer than --outage-timeout: raise Redis's maxmemory or \
+         free memory (delete old jobs, shorten --ttl), then re-submit the job"
+    )
 }
 
 /// Job code refused its input (bad input under a fail policy): retrying cannot help. The
@@ -253,10 +269,12 @@ mod tests {
 
     #[test]
     fn attempts_count_from_one_up_to_the_limit() {
-        assert_eq!(attempt(0, 3), Attempt::Within(1));
-        assert_eq!(attempt(2, 3), Attempt::Within(3));
-        assert_eq!(attempt(3, 3), Attempt::Exhausted);
+        assert_eq!(attempt(1, 3), Attempt::Within(1));
+        assert_eq!(attempt(3, 3), Attempt::Within(3));
+        assert_eq!(attempt(4, 3), Attempt::Exhausted);
         assert_eq!(attempt(u64::MAX, 19), Attempt::Exhausted);
+        // A committed chunk (or a job no longer running) starts no attempt.
+        assert_eq!(attempt(0, 1), Attempt::Uncounted);
     }
 
     #[test]
@@ -274,6 +292,16 @@ mod tests {
             panic!("fails the job");
         };
         assert!(reason.ends_with("last error: the process handling it died or stalled each time"));
+    }
+
+    #[test]
+    fn a_job_failed_for_lack_of_memory_says_what_to_do() {
+        let reason = out_of_memory_reason(600);
+        assert!(reason.starts_with("Redis is out of memory"), "{reason}");
+        assert!(
+            reason.contains("600 s") && reason.contains("raise Redis's maxmemory"),
+            "{reason}"
+        );
     }
 
     #[test]

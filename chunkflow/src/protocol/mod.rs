@@ -22,13 +22,19 @@ pub enum Disposition {
     Ack,
     /// Can never succeed (undecodable, unknown job): reject to the dead-letter queue.
     DeadLetter(String),
-    /// May succeed later (Redis unreachable): requeue after a pause.
+    /// May succeed later (job code crashed, reduce tasks unconfirmed): requeue after a
+    /// pause.
     Retry(String),
+    /// Redis is out (unreachable, not answering, out of memory): give the delivery back at
+    /// once and stop consuming until Redis answers again. No fault of the task's.
+    Unavailable(String),
 }
 
-/// Requeue what may pass, dead-letter what cannot.
+/// Wait out a Redis outage, requeue what may pass, dead-letter what cannot.
 pub fn store_disposition(error: StoreError) -> Disposition {
-    if error.is_transient() {
+    if error.is_outage() {
+        Disposition::Unavailable(error.to_string())
+    } else if error.is_transient() {
         Disposition::Retry(error.to_string())
     } else {
         Disposition::DeadLetter(error.to_string())
@@ -59,11 +65,25 @@ mod tests {
 
     #[test]
     fn transient_store_errors_requeue_and_others_dead_letter() {
+        // An outage is waited out, and the delivery given back (requeued).
         let transient = StoreError::Pool("timed out".into());
         assert!(matches!(
             store_disposition(transient),
-            Disposition::Retry(_)
+            Disposition::Unavailable(_)
         ));
+        let refused = StoreError::Redis(deadpool_redis::redis::RedisError::from(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ));
+        assert!(matches!(
+            store_disposition(refused),
+            Disposition::Unavailable(_)
+        ));
+        // A script error is no outage: requeued after a pause, as before.
+        let script = StoreError::Redis(deadpool_redis::redis::RedisError::from((
+            deadpool_redis::redis::ErrorKind::Client,
+            "script error",
+        )));
+        assert!(matches!(store_disposition(script), Disposition::Retry(_)));
         let corrupt = StoreError::Corrupt {
             job: "j".into(),
             what: "bad".into(),

@@ -13,6 +13,7 @@
 //! | `ns:{job}:counters` | hash | records read, bytes read, ... added once per first commit |
 //! | `ns:{job}:stats` | hash | deliveries, redeliveries, duplicates dropped (observability, not exact) |
 //! | `ns:{job}:errors` | hash | chunk id → last error of a failed attempt (for the failure reason) |
+//! | `ns:{job}:attempts` | hash | chunk id → attempts started and not given back (bounds `--max-attempts`) |
 //! | `ns:{job}:lease:P` | string | fencing token of the reducer holding partition P (expires) |
 //! | `ns:{job}:map:P` | hash | chunk id → encoded partial of partition P (non-empty ones only) |
 //! | `ns:{job}:reduced` | set | partitions whose result is stored |
@@ -94,6 +95,11 @@ impl JobKeys {
         format!("{}:errors", self.prefix)
     }
 
+    /// Attempts started at each chunk, less those given back after an outage.
+    pub fn chunk_attempts(&self) -> String {
+        format!("{}:attempts", self.prefix)
+    }
+
     pub fn partition_lease(&self, partition: u32) -> String {
         format!("{}:lease:{partition}", self.prefix)
     }
@@ -124,6 +130,7 @@ mod tests {
             job.counters(),
             job.stats(),
             job.chunk_errors(),
+            job.chunk_attempts(),
             job.partition_lease(1),
             job.partition_data(3),
             job.partitions_reduced(),

@@ -1,5 +1,6 @@
 //! The map phase's commit: one chunk's output to every partition, atomically, first commit
-//! wins; and the notes of failed attempts at a chunk (for the failure reason).
+//! wins; the count of attempts started at a chunk (and given back after an outage); and the
+//! notes of failed attempts at a chunk (for the failure reason).
 //!
 //! Invariants upheld here (ARCHITECTURE.md 3, 5, 10, 11):
 //! - one script checks the job is running, adds the chunk to the done set and, only if it
@@ -9,7 +10,9 @@
 //!   caller that sees [`CommitOutcome::Completed`];
 //! - the commit count in the record and the done set's size move together: a mismatch is
 //!   reported as [`CommitOutcome::Lost`], never papered over;
-//! - an error note is written only while the job's record exists.
+//! - an attempt is started (counted) only while the job runs and the chunk is not committed,
+//!   in the same script that reads the job's state, and given back never below zero;
+//! - an error note or a given-back attempt is written only while the job's record exists.
 //!
 //! Must not: decide what an outcome means for the delivery (ack, publish reduce tasks,
 //! fail the job): the worker does.
@@ -18,7 +21,7 @@ use std::sync::LazyLock;
 
 use deadpool_redis::redis::{self, Script};
 
-use super::{load_script, parse_state, parse_u64, reply_tag, unexpected_reply};
+use super::{load_script, parse_state, parse_u64, reply_tag, unexpected_reply, END_JOB_LUA};
 use super::{ScriptKeys, Store, StoreError};
 use crate::job::{now_ms, JobSpec, JobState};
 use crate::jobs::MapOutput;
@@ -43,6 +46,29 @@ pub enum CommitOutcome {
     /// Redis lost part of the job's state (restart without persistence, eviction).
     Lost(String),
 }
+
+/// What starting an attempt at a chunk found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptStart {
+    /// The job's state, read in the same step.
+    pub state: JobState,
+    /// Attempts started at the chunk, this one included; 0 when none was started (the job
+    /// is not running, or the chunk is committed already).
+    pub started: u64,
+}
+
+static START_ATTEMPT: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/start_attempt.lua"), &[]));
+static GIVE_BACK_ATTEMPT: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/give_back_attempt.lua"), &[]));
+
+/// `end_job.lua` flagged `allow-oom`: Redis runs it even when out of memory (it frees the
+/// job's intermediate data), where the plain script is refused before it starts.
+static END_JOB_UNDER_OOM: LazyLock<Script> = LazyLock::new(|| {
+    let source = include_str!("lua/end_job.lua");
+    let body = source.split_once('\n').map_or("", |(_, body)| body);
+    load_script(&format!("#!lua flags=allow-oom\n{body}"), &[END_JOB_LUA])
+});
 
 static COMMIT_CHUNK: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/commit_chunk.lua"), &[]));
@@ -89,6 +115,61 @@ impl Store {
             "lost" => CommitOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
             other => return Err(unexpected_reply(&spec.id, "commit", other)),
         })
+    }
+
+    /// Reads the job's state and, while it runs and the chunk is not committed, counts one
+    /// more attempt at the chunk: one round trip. `None` if the job does not exist.
+    pub async fn start_attempt(
+        &self,
+        job_id: &str,
+        chunk: u64,
+    ) -> Result<Option<AttemptStart>, StoreError> {
+        let job = self.keys.job(job_id);
+        let mut invocation = ScriptKeys::new()
+            .key("meta", job.meta())
+            .key("done", job.chunks_done())
+            .key("attempts", job.chunk_attempts())
+            .invocation(&START_ATTEMPT);
+        invocation.arg(chunk);
+        let reply: Vec<String> = self.invoke(&invocation).await?;
+        if reply_tag(&reply) == "missing" {
+            return Ok(None);
+        }
+        Ok(Some(AttemptStart {
+            state: parse_state(job_id, reply.first())?,
+            started: parse_u64(job_id, reply.get(1))?,
+        }))
+    }
+
+    /// Gives back an attempt at a chunk that an outage cut short (never below zero; nothing
+    /// if the job is gone).
+    pub async fn give_back_attempt(&self, job_id: &str, chunk: u64) -> Result<(), StoreError> {
+        let job = self.keys.job(job_id);
+        let mut invocation = ScriptKeys::new()
+            .key("meta", job.meta())
+            .key("attempts", job.chunk_attempts())
+            .invocation(&GIVE_BACK_ATTEMPT);
+        invocation.arg(chunk);
+        let _left: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    /// Fails a running or reducing job even while Redis is out of memory (the script may
+    /// write under OOM, and deletes the job's intermediate data); `false` if it had ended.
+    pub async fn fail_job_out_of_memory(
+        &self,
+        spec: &JobSpec,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let job = self.keys.job(&spec.id);
+        let mut invocation = Store::job_keys(&job, spec.partitions).invocation(&END_JOB_UNDER_OOM);
+        invocation
+            .arg(reason)
+            .arg(spec.ttl_secs)
+            .arg(now_ms())
+            .arg(JobState::Failed.as_str());
+        let reply: String = self.invoke(&invocation).await?;
+        Ok(reply == "ended")
     }
 
     /// Records the last error of a failed attempt at a chunk (for the failure reason).
@@ -264,6 +345,82 @@ mod tests {
         let status = store.status("j").await.unwrap().unwrap();
         assert_eq!(status.chunks_committed, 0);
         assert!(status.stats.is_empty(), "refused before the first write");
+    }
+
+    #[tokio::test]
+    async fn attempts_are_counted_while_running_and_given_back_never_below_zero() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        assert_eq!(store.start_attempt("j", 0).await.unwrap(), None);
+        store.give_back_attempt("j", 0).await.unwrap();
+        let attempts = store.keys.job("j").chunk_attempts();
+        assert!(!test.exists(&attempts).await, "nothing recreated");
+        let spec = spec("j", 1);
+        store.create_job(&spec).await.unwrap();
+        let running = |started| AttemptStart {
+            state: JobState::Running,
+            started,
+        };
+        assert_eq!(store.start_attempt("j", 0).await.unwrap(), Some(running(1)));
+        assert_eq!(store.start_attempt("j", 0).await.unwrap(), Some(running(2)));
+        assert_eq!(store.start_attempt("j", 1).await.unwrap(), Some(running(1)));
+        // An outage cut the second attempt short: given back.
+        store.give_back_attempt("j", 0).await.unwrap();
+        assert_eq!(store.start_attempt("j", 0).await.unwrap(), Some(running(2)));
+        for _ in 0..3 {
+            store.give_back_attempt("j", 0).await.unwrap();
+        }
+        assert_eq!(
+            store.start_attempt("j", 0).await.unwrap(),
+            Some(running(1)),
+            "never below zero"
+        );
+        // A committed chunk starts no attempt.
+        store
+            .commit_chunk(&spec, 0, false, &map_output(&[b"a"]))
+            .await
+            .unwrap();
+        assert_eq!(store.start_attempt("j", 0).await.unwrap(), Some(running(0)));
+        // Nor does a job that is not running; ending it deletes the counts.
+        store
+            .end_job(&spec, JobState::Cancelled, "stop")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.start_attempt("j", 1).await.unwrap(),
+            Some(AttemptStart {
+                state: JobState::Cancelled,
+                started: 0
+            })
+        );
+        assert!(!test.exists(&attempts).await, "deleted with the job's data");
+    }
+
+    #[tokio::test]
+    async fn a_job_failed_for_lack_of_memory_ends_once_and_frees_its_data() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        store
+            .commit_chunk(&spec, 0, false, &map_output(&[b"a", b"b"]))
+            .await
+            .unwrap();
+        assert!(store
+            .fail_job_out_of_memory(&spec, "Redis is out of memory")
+            .await
+            .unwrap());
+        let status = store.status("j").await.unwrap().unwrap();
+        assert_eq!(status.state, JobState::Failed);
+        assert!(!test.exists(&store.keys.job("j").partition_data(0)).await);
+        assert!(
+            !store.fail_job_out_of_memory(&spec, "again").await.unwrap(),
+            "a job ends once"
+        );
     }
 
     #[tokio::test]

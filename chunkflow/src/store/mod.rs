@@ -12,7 +12,7 @@
 //!   the job's keys happen in the script that reduces the last partition.
 //!
 //! Layout, one file per protocol phase: `lifecycle` (create, seal, end, tombstone, producer
-//! heartbeat), `map_commit` (a chunk's commit and its error notes), `reduce` (leases,
+//! heartbeat), `map_commit` (a chunk's attempts, its commit and its error notes), `reduce` (leases,
 //! partials, a partition's commit, [`Store::begin_reduce`]), `views` (read-only: status, job
 //! lists, failures, partition progress, results); [`keys`] is the key schema and
 //! [`presence`] the heartbeat records. The Lua scripts live in `lua/`, one per file. This
@@ -52,7 +52,7 @@ mod test_support;
 mod views;
 
 pub use lifecycle::{DeadTaskFacts, DeadTaskRef, SealOutcome};
-pub use map_commit::CommitOutcome;
+pub use map_commit::{AttemptStart, CommitOutcome};
 pub use reduce::{BeginReduce, LeaseFacts, LeaseOutcome, ReduceCommitOutcome, ReduceStart};
 pub use views::{Failure, PartitionProgress};
 
@@ -78,6 +78,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this is an outage of Redis rather than a problem of the task: Redis
+    /// unreachable, not answering in time, still loading its data, or out of memory. Such
+    /// an error is waited out (the consume loop stops consuming until Redis answers) and
+    /// costs no attempt.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } | StoreError::Pool(_) => true,
+            StoreError::Redis(error) => {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_refusal()
+                    || error.is_connection_dropped()
+                    || matches!(error.code(), Some("OOM" | "LOADING" | "MASTERDOWN"))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether Redis refused a write because it is out of memory (`maxmemory` reached
+    /// under `noeviction`).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, StoreError::Redis(error) if error.code() == Some("OOM"))
+    }
+
     /// Whether retrying later may succeed (Redis down, timeout) as opposed to a job whose
     /// record is broken.
     pub fn is_transient(&self) -> bool {
@@ -353,6 +377,7 @@ impl Store {
             .key("reduced", job.partitions_reduced())
             .key("stats", job.stats())
             .key("errors", job.chunk_errors())
+            .key("attempts", job.chunk_attempts())
             .group("map", (0..partitions).map(|p| job.partition_data(p)))
             .group("result", (0..partitions).map(|p| job.partition_result(p)))
     }
@@ -434,7 +459,10 @@ fn load_script(source: &str, fragments: &[&str]) -> Script {
 
 fn assemble_script(source: &str, fragments: &[&str]) -> String {
     let (shebang, body) = source.split_once('\n').unwrap_or((source, ""));
-    debug_assert_eq!(shebang, "#!lua", "every script file starts with `#!lua`");
+    debug_assert!(
+        shebang == "#!lua" || shebang.starts_with("#!lua flags="),
+        "every script starts with `#!lua` (and its flags, if any)"
+    );
     let mut text = format!("{shebang}\n{KEY_LAYOUT_LUA}");
     for fragment in fragments {
         text.push_str(fragment);
@@ -487,10 +515,10 @@ mod tests {
     fn layouts_name_every_key_once() {
         let job = Keys::new("ns").job("j");
         let keys = Store::job_keys(&job, 3).key("lease", job.partition_lease(1));
-        assert_eq!(keys.keys.len(), 6 + 3 + 3 + 1);
+        assert_eq!(keys.keys.len(), 7 + 3 + 3 + 1);
         assert_eq!(
             keys.layout.join(" "),
-            "meta done counters reduced stats errors map*3 result*3 lease"
+            "meta done counters reduced stats errors attempts map*3 result*3 lease"
         );
     }
 

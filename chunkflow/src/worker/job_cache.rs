@@ -1,6 +1,7 @@
 //! The worker's cache of jobs: each job's spec and code, built once per job, and its state
 //! as last read, read again when older than [`STATE_REFRESH`] (the latency of a cancel)
-//! unless it is final.
+//! unless it is final. Starting an attempt reads the state too (in the same round trip),
+//! and refreshes it here.
 //!
 //! Must not: decide a delivery's fate. It reports what it found ([`Loaded`]); the worker
 //! asks [`crate::protocol::map`] what that means.
@@ -93,6 +94,15 @@ impl JobCache {
         };
         self.jobs.insert(job_id.to_string(), job.clone());
         Ok(Loaded::Job(job))
+    }
+
+    /// Records the job's state as just read (by the script that starts an attempt), so the
+    /// next task does not read it again.
+    pub fn refreshed(&mut self, job_id: &str, state: JobState) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.state = state;
+            job.checked = Instant::now();
+        }
     }
 
     /// Remembers that this worker failed the job: its next tasks are dropped unread.

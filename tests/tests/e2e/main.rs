@@ -12,6 +12,7 @@ mod dead_letters;
 mod faults;
 mod inputs;
 mod jobs;
+mod outages;
 mod pipeline;
 mod service;
 mod stack;
