@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chunkflow::config::{
-    parse_duration, parse_namespace, redact_url, ConnectionConfig, DEFAULT_AMQP_URL,
-    DEFAULT_NAMESPACE, DEFAULT_REDIS_URL,
+    parse_duration, parse_namespace, ConnectionConfig, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE,
+    DEFAULT_REDIS_URL,
 };
 use chunkflow::jobs::exec::{ExecRole, ExecSettings, Program};
 use chunkflow::size::ByteSize;
@@ -52,16 +52,10 @@ pub struct ConnectionArgs {
     pub outage_timeout: Duration,
 }
 
+/// Shown as the settings it becomes, whose `Debug` redacts the URLs.
 impl std::fmt::Debug for ConnectionArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionArgs")
-            .field("amqp_url", &redact_url(&self.amqp_url))
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("namespace", &self.namespace)
-            .field("redis_timeout", &self.redis_timeout)
-            .field("broker_timeout", &self.broker_timeout)
-            .field("outage_timeout", &self.outage_timeout)
-            .finish()
+        self.config().fmt(f)
     }
 }
 

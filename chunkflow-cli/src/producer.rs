@@ -319,7 +319,7 @@ struct SubmitArgs {
 
     /// If the broker connection is lost while publishing, keep reconnecting (and
     /// republishing unconfirmed chunks) this long before giving up.
-    #[arg(long, env = "CHUNKFLOW_RECONNECT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "CHUNKFLOW_RECONNECT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     reconnect_timeout: Duration,
 
     /// Published but not yet confirmed bytes the producer may hold.
