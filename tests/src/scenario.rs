@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use crate::binaries::workspace;
 use crate::cluster::Cluster;
+use crate::monitor::METRICS_ON_FREE_PORT;
 use crate::reference::{generate_text, reference_wordcount};
+use crate::services::{redis, wait_for};
 
 /// Writes `lines` lines of text and returns (path, bytes, reference result).
 pub fn text_input(
@@ -24,6 +26,65 @@ pub fn text_input(
     let path = cluster.write_file(name, &data);
     let expected = reference_wordcount(&[&data]);
     (path, data, expected)
+}
+
+/// A one-partition job whose only reducer was frozen (SIGSTOP) mid-reduce, holding the
+/// partition's lease: the setup of the lease scenarios.
+pub struct FrozenReducer {
+    /// The frozen reducer's index in the cluster.
+    pub index: usize,
+    /// Its metrics address, read before the freeze (a frozen process renews no heartbeat).
+    pub metrics: String,
+    /// The `submit --wait` process of the job.
+    pub producer: Child,
+    pub job: String,
+    /// The Redis key of the partition's lease.
+    pub lease_key: String,
+}
+
+/// The fencing token in a lease key, if the lease is held.
+pub fn lease_token(key: &str) -> Option<u64> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut redis())
+        .ok()
+        .flatten()
+}
+
+impl Cluster {
+    /// Starts a slow reducer (4 s per partition, 1 s lease, metrics on a free port, plus
+    /// `env`), submits a one-partition wordcount of `file`, waits until the reducer holds
+    /// the partition's first lease, and freezes it.
+    pub fn freeze_reducer_holding_the_lease(
+        &mut self,
+        file: &str,
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> FrozenReducer {
+        let mut reducer_env = vec![
+            ("CHUNKFLOW_FAULT", "reduce-delay-ms=4000"),
+            ("CHUNKFLOW_LEASE", "1s"),
+            METRICS_ON_FREE_PORT,
+        ];
+        reducer_env.extend_from_slice(env);
+        let index = self.reducer(&reducer_env);
+        let metrics = self.metrics_addr(index);
+        let (producer, job) = self.submit_background(&["--partitions", "1", "-q"], &[file]);
+        let lease_key = chunkflow::store::keys::Keys::new(&self.namespace)
+            .job(&job)
+            .partition_lease(0);
+        wait_for("the first reducer to hold the lease", within, || {
+            (lease_token(&lease_key) == Some(1)).then_some(())
+        });
+        self.service(index).signal("STOP");
+        FrozenReducer {
+            index,
+            metrics,
+            producer,
+            job,
+            lease_key,
+        }
+    }
 }
 
 /// The one-line summary of a scenario: chunks, deliveries, redeliveries, duplicates

@@ -127,6 +127,12 @@ pub fn attempts_exhausted(
         "chunk {} (`{}`, line {}) failed on all {max_attempts} attempts; last error: {last_error}",
         task.chunk, task.source, task.first_line
     );
+    fail_and_dead_letter(reason)
+}
+
+/// The job fails with `reason`, and the chunk goes to the dead-letter queue with the same
+/// reason, for inspection.
+fn fail_and_dead_letter(reason: String) -> MapAction {
     MapAction::FailJob {
         then: Disposition::DeadLetter(reason.clone()),
         reason,
@@ -150,10 +156,7 @@ pub fn map_refused(task: &MapTask, error: &dyn Display) -> MapAction {
         "map failed on chunk {} (`{}`, line {}): {error}",
         task.chunk, task.source, task.first_line
     );
-    MapAction::FailJob {
-        then: Disposition::DeadLetter(reason.clone()),
-        reason,
-    }
+    fail_and_dead_letter(reason)
 }
 
 /// What stopped the job code: its panic's message, or `None` for a cancelled task.

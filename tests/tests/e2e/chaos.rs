@@ -275,36 +275,19 @@ fn scenario_13_frozen_reducer_is_fenced() {
     let (file, _, expected) = text_input(&cluster, "a.txt", 27, 500);
     cluster.worker(&[]);
     let amqp = format!("{AMQP_URL}?heartbeat=1");
-    let slow_reducer = [
-        ("AMQP_URL", amqp.as_str()),
-        ("CHUNKFLOW_FAULT", "reduce-delay-ms=4000"),
-        ("CHUNKFLOW_LEASE", "1s"),
-        METRICS_ON_FREE_PORT,
-    ];
-    let first = cluster.reducer(&slow_reducer);
-    // Read before the freeze: a frozen process renews no heartbeat record.
-    let first_metrics = cluster.metrics_addr(first);
-    let (producer, job) = cluster.submit_background(&["--partitions", "1", "-q"], &[&file]);
-    let lease_key = chunkflow::store::keys::Keys::new(&cluster.namespace)
-        .job(&job)
-        .partition_lease(0);
-    let token = |key: &str| -> Option<u64> {
-        redis::cmd("GET")
-            .arg(key)
-            .query(&mut redis())
-            .ok()
-            .flatten()
-    };
-    wait_for("the first reducer to hold the lease", LONG, || {
-        (token(&lease_key) == Some(1)).then_some(())
-    });
-    cluster.service(first).signal("STOP");
+    let FrozenReducer {
+        index: first,
+        metrics: first_metrics,
+        producer,
+        job,
+        lease_key,
+    } = cluster.freeze_reducer_holding_the_lease(&file, &[("AMQP_URL", amqp.as_str())], LONG);
     let second = cluster.reducer(&[
         ("CHUNKFLOW_FAULT", "reduce-delay-ms=3000"),
         ("CHUNKFLOW_LEASE", "1s"),
     ]);
     wait_for("the second reducer to take the lease over", LONG, || {
-        (token(&lease_key) >= Some(2)).then_some(())
+        (lease_token(&lease_key) >= Some(2)).then_some(())
     });
     cluster.service(first).signal("CONT");
     let (status, stderr) = cluster.finish_submit(producer, LONG);

@@ -88,28 +88,13 @@ fn a_frozen_reducers_partition_is_taken_over() {
     let mut cluster = Cluster::new("dead-lease");
     let (file, _, expected) = text_input(&cluster, "a.txt", 42, 500);
     cluster.worker(&[]);
-    let first = cluster.reducer(&[
-        ("CHUNKFLOW_FAULT", "reduce-delay-ms=4000"),
-        ("CHUNKFLOW_LEASE", "1s"),
-        METRICS_ON_FREE_PORT,
-    ]);
-    // Read before the freeze: a frozen process renews no heartbeat record.
-    let first_metrics = cluster.metrics_addr(first);
-    let (producer, job) = cluster.submit_background(&["--partitions", "1", "-q"], &[&file]);
-    let lease_key = chunkflow::store::keys::Keys::new(&cluster.namespace)
-        .job(&job)
-        .partition_lease(0);
-    let token = |key: &str| -> Option<u64> {
-        redis::cmd("GET")
-            .arg(key)
-            .query(&mut redis())
-            .ok()
-            .flatten()
-    };
-    wait_for("the first reducer to hold the lease", LONG, || {
-        (token(&lease_key) == Some(1)).then_some(())
-    });
-    cluster.service(first).signal("STOP");
+    let FrozenReducer {
+        index: first,
+        metrics: first_metrics,
+        producer,
+        job,
+        ..
+    } = cluster.freeze_reducer_holding_the_lease(&file, &[], LONG);
     let second = cluster.reducer(&[("CHUNKFLOW_LEASE", "1s")]);
     let (status, stderr) = cluster.finish_submit(producer, LONG);
     assert!(status.success(), "{stderr}");
