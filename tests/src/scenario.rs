@@ -28,6 +28,31 @@ pub fn text_input(
     (path, data, expected)
 }
 
+impl Cluster {
+    /// Starts `submit --wait` of a wordcount over `inputs` that blocks mid-publish: no
+    /// workers yet, 1 KiB chunks and a 4 KiB queue allowance, so the producer waits for
+    /// room with the job stored but not sealed. Returns the producer and the job id.
+    pub fn stalled_submit(
+        &self,
+        inputs: &[&str],
+        extra: &[&str],
+        within: Duration,
+    ) -> (Child, String) {
+        let mut args = vec!["--chunk-size", "1KiB", "--max-queued-bytes", "4KiB", "-q"];
+        args.extend_from_slice(extra);
+        let (producer, job) = self.submit_background(&args, inputs);
+        let map_queue = self.topology().map_queue();
+        wait_for("the producer to block on a full queue", within, || {
+            (self.queue_depth(&map_queue) >= 4).then_some(())
+        });
+        assert!(
+            self.status(&job)["chunks_total"].is_null(),
+            "not sealed yet"
+        );
+        (producer, job)
+    }
+}
+
 /// A one-partition job whose only reducer was frozen (SIGSTOP) mid-reduce, holding the
 /// partition's lease: the setup of the lease scenarios.
 pub struct FrozenReducer {

@@ -348,33 +348,13 @@ fn scenario_14_cancel_mid_run() {
     cluster.report_failed_scenario("14 cancelled mid-run", &job);
 }
 
-fn start_stalled_producer(
-    cluster: &Cluster,
-    file: &str,
-    extra: &[&str],
-) -> (std::process::Child, String) {
-    // No workers yet and a tiny queue allowance: the producer blocks mid-publish.
-    let mut args = vec!["--chunk-size", "1KiB", "--max-queued-bytes", "4KiB", "-q"];
-    args.extend_from_slice(extra);
-    let (producer, job) = cluster.submit_background(&args, &[file]);
-    let map_queue = cluster.topology().map_queue();
-    wait_for("the producer to block on a full queue", LONG, || {
-        (cluster.queue_depth(&map_queue) >= 4).then_some(())
-    });
-    assert!(
-        cluster.status(&job)["chunks_total"].is_null(),
-        "not sealed yet"
-    );
-    (producer, job)
-}
-
 /// Scenario 15a: the producer killed mid-publish; the job never completes falsely and is
 /// resumed by submitting again with the same job id.
 #[test]
 fn scenario_15a_producer_killed_mid_publish_then_resumed() {
     let mut cluster = Cluster::new("chaos-resume");
     let (file, data, expected) = text_input(&cluster, "a.txt", 29, 1500);
-    let (mut producer, job) = start_stalled_producer(&cluster, &file, &["--job-id", "resumable-1"]);
+    let (mut producer, job) = cluster.stalled_submit(&[&file], &["--job-id", "resumable-1"], LONG);
     assert_eq!(job, "resumable-1");
     producer.kill().unwrap();
     producer.wait().unwrap();
@@ -426,7 +406,7 @@ fn scenario_15a_producer_killed_mid_publish_then_resumed() {
 fn scenario_15b_vanished_producer_fails_the_job_after_a_deadline() {
     let mut cluster = Cluster::new("chaos-vanish");
     let (file, _, _) = text_input(&cluster, "a.txt", 30, 1500);
-    let (mut producer, job) = start_stalled_producer(&cluster, &file, &[]);
+    let (mut producer, job) = cluster.stalled_submit(&[&file], &[], LONG);
     producer.kill().unwrap();
     producer.wait().unwrap();
     cluster.worker(&[]);

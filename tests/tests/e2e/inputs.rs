@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use chunkflow_tests::cluster::*;
 use chunkflow_tests::reference::*;
 use chunkflow_tests::scenario::*;
-use chunkflow_tests::services::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -38,23 +37,6 @@ fn touch_later(path: &str) {
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Starts `submit --wait` over `inputs` with no workers and a tiny queue allowance, and
-/// waits until it blocks mid-publish; returns it and its job id.
-fn stalled_submit(cluster: &Cluster, inputs: &[&str], extra: &[&str]) -> (Child, String) {
-    let mut args = vec!["--chunk-size", "1KiB", "--max-queued-bytes", "4KiB", "-q"];
-    args.extend_from_slice(extra);
-    let (producer, job) = cluster.submit_background(&args, inputs);
-    let map_queue = cluster.topology().map_queue();
-    wait_for("the producer to block on a full queue", LONG, || {
-        (cluster.queue_depth(&map_queue) >= 4).then_some(())
-    });
-    assert!(
-        cluster.status(&job)["chunks_total"].is_null(),
-        "not sealed yet"
-    );
-    (producer, job)
 }
 
 /// The number in "after N chunks were published".
@@ -91,7 +73,8 @@ fn assert_failed_naming(cluster: &Cluster, producer: Child, job: &str, path: &st
 fn resume_over_other_inputs_is_refused_naming_the_difference() {
     let cluster = Cluster::new("inputs-resume");
     let (file, data, _) = text_input(&cluster, "a.txt", 41, 1500);
-    let (mut producer, job) = stalled_submit(&cluster, &[&file], &["--job-id", "fingerprinted"]);
+    let (mut producer, job) =
+        cluster.stalled_submit(&[&file], &["--job-id", "fingerprinted"], LONG);
     producer.kill().unwrap();
     producer.wait().unwrap();
     let map_queue = cluster.topology().map_queue();
@@ -231,7 +214,7 @@ fn concurrent_submits_over_different_files_do_not_both_succeed() {
 fn an_input_appended_to_while_read_fails_the_job() {
     let mut cluster = Cluster::new("inputs-append");
     let (file, _, _) = text_input(&cluster, "big.txt", 47, 8000);
-    let (producer, job) = stalled_submit(&cluster, &[&file], &[]);
+    let (producer, job) = cluster.stalled_submit(&[&file], &[], LONG);
     let mut appender = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
@@ -246,7 +229,7 @@ fn an_input_appended_to_while_read_fails_the_job() {
 fn an_input_truncated_while_read_fails_the_job() {
     let mut cluster = Cluster::new("inputs-truncate");
     let (file, data, _) = text_input(&cluster, "big.txt", 49, 8000);
-    let (producer, job) = stalled_submit(&cluster, &[&file], &[]);
+    let (producer, job) = cluster.stalled_submit(&[&file], &[], LONG);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
@@ -262,7 +245,7 @@ fn an_input_truncated_while_read_fails_the_job() {
 fn an_input_deleted_while_read_says_how_much_was_published() {
     let mut cluster = Cluster::new("inputs-delete");
     let (file, _, _) = text_input(&cluster, "big.txt", 51, 8000);
-    let (producer, job) = stalled_submit(&cluster, &[&file], &[]);
+    let (producer, job) = cluster.stalled_submit(&[&file], &[], LONG);
     std::fs::remove_file(&file).unwrap();
     cluster.worker(&[]);
     cluster.reducer(&[]);
@@ -280,7 +263,7 @@ fn a_later_input_deleted_mid_submit_says_how_much_was_published() {
     let mut cluster = Cluster::new("inputs-delete-next");
     let (first, _, _) = text_input(&cluster, "first.txt", 53, 4000);
     let (second, _, _) = text_input(&cluster, "second.txt", 54, 100);
-    let (producer, job) = stalled_submit(&cluster, &[&first, &second], &[]);
+    let (producer, job) = cluster.stalled_submit(&[&first, &second], &[], LONG);
     std::fs::remove_file(&second).unwrap();
     cluster.worker(&[]);
     cluster.reducer(&[]);
