@@ -382,6 +382,9 @@ impl Submission {
                 check_resumable(&status, &spec)?;
                 already_sealed = status.total_chunks.is_some();
                 tracing::warn!(job_id = %id, "resuming an existing job");
+                // A producer killed before the partitions' records all existed left that
+                // to the one resuming (before it publishes anything).
+                store.ensure_partitions(&status.spec).await?;
                 status.spec
             }
             Err(error) => return Err(error.into()),

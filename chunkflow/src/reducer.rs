@@ -145,9 +145,10 @@ impl ReduceHandler {
             .store
             .begin_reduce(&task.job_id, partition, self.lease)
             .await?;
+        let known = begun.spec().cloned();
         let start = match reduce::on_begin(begun, &task.job_id, partition) {
             ControlFlow::Continue(start) => start,
-            ControlFlow::Break(action) => return Ok(self.carry_out(action, None).await),
+            ControlFlow::Break(action) => return Ok(self.carry_out(action, known.as_ref()).await),
         };
         tracing::debug!(token = start.token, "lease acquired");
         let spec = start.spec.clone();
@@ -155,12 +156,12 @@ impl ReduceHandler {
         // Keep the lease while working; a stalled process stops renewing and loses it.
         let renewer = {
             let store = self.store.clone();
-            let job_id = spec.id.clone();
+            let spec = spec.clone();
             let lease = self.lease;
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    match store.renew_lease(&job_id, partition, token, lease).await {
+                    match store.renew_lease(&spec, partition, token, lease).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(token, "lease lost; the commit will be refused");
@@ -190,8 +191,10 @@ impl ReduceHandler {
             partials,
             committed_outputs,
         } = start;
+        let total = total_chunks.unwrap_or(0);
+        let partials = reduce::in_range(partials, total);
         let held = partials.iter().map(|(chunk, _)| *chunk);
-        if !reduce::partition_is_complete(held, committed_outputs, total_chunks.unwrap_or(0)) {
+        if !reduce::partition_is_complete(held, committed_outputs, total) {
             return Ok(reduce::on_incomplete(
                 partition,
                 partials.len(),

@@ -97,7 +97,8 @@ impl Cluster {
         let (producer, job) = self.submit_background(&["--partitions", "1", "-q"], &[file]);
         let lease_key = chunkflow::store::keys::Keys::new(&self.namespace)
             .job(&job)
-            .partition_lease(0);
+            .partition(0, 1)
+            .lease();
         wait_for("the first reducer to hold the lease", within, || {
             (lease_token(&lease_key) == Some(1)).then_some(())
         });

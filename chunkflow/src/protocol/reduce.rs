@@ -63,6 +63,13 @@ pub fn on_begin(
         )),
         BeginReduce::NotReducing(state) => ControlFlow::Break(ReduceAction::DropNotReducing(state)),
         BeginReduce::AlreadyReduced => ControlFlow::Break(ReduceAction::DropDuplicate),
+        // An earlier attempt stored the result; its job step ran now.
+        BeginReduce::Finished(outcome) => {
+            ControlFlow::Break(after_commit(outcome, job_id, partition, 0))
+        }
+        BeginReduce::Lost { what, .. } => {
+            ControlFlow::Break(ReduceAction::FailJob(lost_state_reason(&what)))
+        }
         BeginReduce::Busy(remaining) => ControlFlow::Break(ReduceAction::Retry(format!(
             "partition {partition} is leased by another reducer for {remaining:?} more"
         ))),
@@ -75,26 +82,39 @@ pub fn unbuildable(error: &dyn Display) -> ReduceAction {
 }
 
 /// Whether a partition holds every chunk output committed to it: exactly `committed`
-/// outputs (the job record's count), all from chunks below the sealed `total`.
+/// outputs (the job record's count) from chunks below the sealed `total`. Fields of chunk
+/// ids beyond the total (a forged task's partition step) are not counted, and not merged
+/// ([`in_range`]).
 pub fn partition_is_complete(
     held: impl IntoIterator<Item = u64>,
     committed: u64,
     total: u64,
 ) -> bool {
-    let mut count = 0u64;
-    for chunk in held {
-        if chunk >= total {
-            return false;
-        }
-        count += 1;
-    }
-    count == committed
+    held.into_iter().filter(|chunk| *chunk < total).count() as u64 == committed
 }
 
-/// An incomplete partition (read atomically with its lease and its `reduced` mark, so no
-/// other reducer can have finished it meanwhile): Redis lost data, and the job fails
-/// saying so.
+/// The partials a reducer merges: those of chunks below the sealed `total`, the only ones
+/// a job step can have counted (ARCHITECTURE.md, invariant 3).
+pub fn in_range(partials: Vec<(u64, Vec<u8>)>, total: u64) -> Vec<(u64, Vec<u8>)> {
+    partials
+        .into_iter()
+        .filter(|(chunk, _)| *chunk < total)
+        .collect()
+}
+
+/// A partition that does not hold exactly its committed outputs (read atomically with its
+/// lease, so no other reducer can have finished it meanwhile): fewer means Redis lost data,
+/// more means a map that is not deterministic; the job fails saying which.
 pub fn on_incomplete(partition: u32, held: usize, committed: u64) -> ReduceAction {
+    if held as u64 > committed {
+        // More than committed: partition steps of two attempts at a chunk wrote different
+        // partitions, which only a map whose output differs between runs does.
+        return ReduceAction::FailJob(format!(
+            "partition {partition} holds {held} chunk outputs but {committed} were committed \
+             to it: the job's map is not deterministic (two attempts at a chunk wrote \
+             different partitions); make its output depend on the chunk alone"
+        ));
+    }
     ReduceAction::FailJob(lost_state_reason(&format!(
         "partition {partition} holds {held} of the {committed} chunk outputs committed to it"
     )))
@@ -134,6 +154,7 @@ pub fn after_commit(
         ReduceCommitOutcome::Missing => {
             ReduceAction::DeadLetter(format!("job `{job_id}` vanished from Redis while reducing"))
         }
+        ReduceCommitOutcome::Lost(what) => ReduceAction::FailJob(lost_state_reason(&what)),
     }
 }
 
@@ -152,6 +173,13 @@ pub fn is_abandoned(
     producer_timeout: Duration,
 ) -> bool {
     state == JobState::Running && !sealed && silent.as_millis() >= producer_timeout.as_millis()
+}
+
+/// Whether an ended job's partitions still need closing: it failed or was cancelled and its
+/// record lacks the note that its partitions were closed (its ender died in between). A
+/// succeeded job's partitions closed themselves, each in its reduce commit.
+pub fn needs_closing(state: JobState, partitions_closed: bool) -> bool {
+    matches!(state, JobState::Failed | JobState::Cancelled) && !partitions_closed
 }
 
 /// The reason an abandoned job fails with.
@@ -439,5 +467,37 @@ mod tests {
             janitor_sweep_period(minute, Duration::from_millis(100)),
             Duration::from_millis(200)
         );
+    }
+
+    #[test]
+    fn more_outputs_than_committed_name_a_nondeterministic_map_not_lost_data() {
+        let ReduceAction::FailJob(fewer) = on_incomplete(2, 3, 4) else {
+            panic!("an incomplete partition fails the job");
+        };
+        assert!(
+            fewer.contains("lost") && fewer.contains("partition 2"),
+            "{fewer}"
+        );
+        let ReduceAction::FailJob(more) = on_incomplete(2, 5, 4) else {
+            panic!("an overfull partition fails the job");
+        };
+        assert!(more.contains("not deterministic"), "{more}");
+    }
+
+    #[test]
+    fn forged_chunk_ids_are_neither_counted_nor_merged() {
+        assert!(partition_is_complete([0, 1, 7], 2, 2));
+        assert!(!partition_is_complete([0], 2, 2));
+        let merged = in_range(vec![(0, b"a".to_vec()), (9, b"x".to_vec())], 2);
+        assert_eq!(merged, vec![(0, b"a".to_vec())]);
+    }
+
+    #[test]
+    fn only_failed_or_cancelled_jobs_without_the_note_need_closing() {
+        assert!(needs_closing(JobState::Failed, false));
+        assert!(needs_closing(JobState::Cancelled, false));
+        assert!(!needs_closing(JobState::Failed, true));
+        assert!(!needs_closing(JobState::Succeeded, false));
+        assert!(!needs_closing(JobState::Running, false));
     }
 }

@@ -65,11 +65,21 @@ impl Janitor {
     async fn sweep(&self) -> Result<(), SweepError> {
         let now = now_ms();
         for job_id in self.store.job_ids().await? {
-            let Some((state, total, last_seen_ms)) = self.store.job_progress(&job_id).await? else {
+            let Some(progress) = self.store.job_progress(&job_id).await? else {
                 continue;
             };
+            let (state, total, last_seen_ms) =
+                (progress.state, progress.total, progress.last_seen_ms);
             if state == JobState::Reducing {
                 self.republish_expired_leases(&job_id).await?;
+                continue;
+            }
+            if reduce::needs_closing(state, progress.partitions_closed) {
+                // Its ender died between ending it and closing its partitions.
+                if let Some(spec) = self.store.load_spec(&job_id).await? {
+                    self.store.close_partitions(&spec, false).await?;
+                    tracing::info!(job_id = %job_id, "closed the partitions of an ended job");
+                }
                 continue;
             }
             let silent = Duration::from_millis(now.saturating_sub(last_seen_ms));
@@ -96,7 +106,7 @@ impl Janitor {
         let Some(spec) = self.store.load_spec(job_id).await? else {
             return Ok(());
         };
-        let leases = self.store.lease_facts(job_id, spec.partitions).await?;
+        let leases = self.store.lease_facts(&spec).await?;
         let again_after = reduce::republish_again_after(self.lease);
         let expired = reduce::expired_grants(&leases, now_ms(), again_after);
         if expired.is_empty() {
@@ -104,7 +114,7 @@ impl Janitor {
         }
         let claimed = self
             .store
-            .claim_lease_republish(job_id, &expired, again_after)
+            .claim_lease_republish(&spec, &expired, again_after)
             .await?;
         if claimed.is_empty() {
             return Ok(());
@@ -118,7 +128,7 @@ impl Janitor {
             // Give the claims back, so a later sweep tries again.
             for partition in &claimed {
                 self.store
-                    .release_lease_republish(job_id, *partition)
+                    .release_lease_republish(&spec, *partition)
                     .await?;
             }
             return Err(error);

@@ -1,25 +1,78 @@
 //! The Redis key schema. No other module formats a key.
 //!
-//! Every key of a job shares the hash tag `{<job id>}`, so in a Redis Cluster all of a
-//! job's keys (its spec, its completion sets, every partition) land in one slot and one
-//! Lua script can commit a chunk's output to all partitions and mark it done atomically.
-//! Jobs spread across slots. Layout, with `ns` the namespace:
+//! A job's own record shares the hash tag `{J}` (its id); each of its partitions has a hash
+//! tag of its own, `{J.P.n}`, so on a Redis Cluster a job's intermediate data spreads over
+//! every master instead of capping the job at one node's memory (ARCHITECTURE.md,
+//! invariant 4). Every script touches keys of one slot: the job's, or one partition's.
+//! `n` is the smallest number that puts the partition's slot into its share of the slot
+//! space ([`partition_tag`]): the shares start at the job's own slot and split the 16384
+//! slots evenly (at most 64 shares), so a master that owns a contiguous range of slots owns
+//! its share of every job's partitions. Layout, with `ns` the namespace:
 //!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `ns:jobs` | sorted set | job ids by creation time (an index for listing; not in a job's slot) |
-//! | `ns:{job}:meta` | hash | `spec` (JSON), `state`, `partitions`, `total` (once sealed), `committed`, `outputs:P` (non-empty outputs per partition), `fence`, `reason`, timestamps |
-//! | `ns:{job}:done` | set | chunk ids committed (completion is membership, never a counter) |
-//! | `ns:{job}:counters` | hash | records read, bytes read, ... added once per first commit |
-//! | `ns:{job}:stats` | hash | deliveries, redeliveries, duplicates dropped (observability, not exact) |
-//! | `ns:{job}:errors` | hash | chunk id → last error of a failed attempt (for the failure reason) |
-//! | `ns:{job}:attempts` | hash | chunk id → attempts started and not given back (bounds `--max-attempts`) |
-//! | `ns:{job}:lease:P` | string | fencing token of the reducer holding partition P (expires) |
-//! | `ns:{job}:map:P` | hash | chunk id → encoded partial of partition P (non-empty ones only) |
-//! | `ns:{job}:reduced` | set | partitions whose result is stored |
-//! | `ns:{job}:result:P` | string | the final `key\tvalue\n` lines of partition P |
+//! | `ns:{J}:meta` | hash | `spec` (JSON), `state`, `partitions`, `partitions_ready`, `total` (once sealed), `committed`, `outputs:P` (non-empty outputs per partition), `reason`, `partitions_closed`, timestamps |
+//! | `ns:{J}:done` | set | chunk ids committed (completion is membership, never a counter) |
+//! | `ns:{J}:counters` | hash | records read, bytes read, ... added once per first commit |
+//! | `ns:{J}:stats` | hash | deliveries, redeliveries, duplicates dropped (observability, not exact) |
+//! | `ns:{J}:errors` | hash | chunk id → last error of a failed attempt (for the failure reason) |
+//! | `ns:{J}:attempts` | hash | chunk id → attempts started and not given back (bounds `--max-attempts`) |
+//! | `ns:{J}:reduced` | set | partitions whose result is stored and counted |
+//! | `ns:{J.P.n}:part` | hash | partition P's record: `state` (`open`, `reduced`, `closed`), `fence`, `lease_granted`, `lease_republished`, `lease_republished_ms`, `records` |
+//! | `ns:{J.P.n}:map` | hash | chunk id → encoded partial of partition P (non-empty ones only) |
+//! | `ns:{J.P.n}:lease` | string | fencing token of the reducer holding partition P (expires) |
+//! | `ns:{J.P.n}:result` | string | the final `key\tvalue\n` lines of partition P |
 //! | `ns:workers` | sorted set | ids of live workers and reducers, scored by when their record expires |
 //! | `ns:workers:ID` | hash | one worker's or reducer's heartbeat record (expires unless renewed) |
+
+/// The number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The most shares the slot space is split into for one job's partitions.
+const MAX_SHARES: u32 = 64;
+
+/// CRC16/XMODEM, the checksum Redis Cluster maps keys to slots with.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in bytes {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot of a hash tag (the text between the braces of a key).
+pub fn tag_slot(tag: &str) -> u16 {
+    crc16(tag.as_bytes()) % SLOTS
+}
+
+/// The hash tag of partition `partition` of a job with `partitions` partitions: `J.P.n` with
+/// the smallest `n` whose slot lies in the partition's share of the slot space. A pure
+/// function of its arguments, so every process derives the same keys.
+pub fn partition_tag(job_id: &str, partition: u32, partitions: u32) -> String {
+    let shares = partitions.clamp(1, MAX_SHARES);
+    let share = partition % shares;
+    let slots = u32::from(SLOTS);
+    let start = (u32::from(tag_slot(job_id)) + share * slots / shares) % slots;
+    let width = (share + 1) * slots / shares - share * slots / shares;
+    let mut n = 0u32;
+    loop {
+        let tag = format!("{job_id}.{partition}.{n}");
+        let offset = (u32::from(tag_slot(&tag)) + slots - start) % slots;
+        // A share is at least 256 slots wide: about `shares` tries on average.
+        if offset < width {
+            return tag;
+        }
+        n += 1;
+    }
+}
 
 /// Keys of one namespace.
 #[derive(Debug, Clone)]
@@ -60,18 +113,24 @@ impl Keys {
         format!("{}:workers:{id}", self.namespace)
     }
 
-    /// The keys of one job. `job_id` must already be validated (see `config::parse_job_id`).
+    /// The keys of one job. `job_id` must already be validated (see `JobId::parse`: no
+    /// braces, dots or colons).
     pub fn job(&self, job_id: &str) -> JobKeys {
         JobKeys {
             prefix: format!("{}:{{{}}}", self.namespace, job_id),
+            namespace: self.namespace.clone(),
+            job_id: job_id.to_string(),
         }
     }
 }
 
-/// The keys of one job, all in the job's hash-tag slot.
+/// The keys of one job: its own record in the job's hash-tag slot, and its partitions' keys
+/// in theirs ([`JobKeys::partition`]).
 #[derive(Debug, Clone)]
 pub struct JobKeys {
     prefix: String,
+    namespace: String,
+    job_id: String,
 }
 
 impl JobKeys {
@@ -100,20 +159,46 @@ impl JobKeys {
         format!("{}:attempts", self.prefix)
     }
 
-    pub fn partition_lease(&self, partition: u32) -> String {
-        format!("{}:lease:{partition}", self.prefix)
-    }
-
-    pub fn partition_data(&self, partition: u32) -> String {
-        format!("{}:map:{partition}", self.prefix)
-    }
-
     pub fn partitions_reduced(&self) -> String {
         format!("{}:reduced", self.prefix)
     }
 
-    pub fn partition_result(&self, partition: u32) -> String {
-        format!("{}:result:{partition}", self.prefix)
+    /// The keys of partition `partition` of this job, which has `partitions` partitions:
+    /// all in the partition's own slot.
+    pub fn partition(&self, partition: u32, partitions: u32) -> PartitionKeys {
+        PartitionKeys {
+            prefix: format!(
+                "{}:{{{}}}",
+                self.namespace,
+                partition_tag(&self.job_id, partition, partitions)
+            ),
+        }
+    }
+}
+
+/// The keys of one partition of a job, all in the partition's hash-tag slot.
+#[derive(Debug, Clone)]
+pub struct PartitionKeys {
+    prefix: String,
+}
+
+impl PartitionKeys {
+    /// The partition's record (state, fencing counter, lease grants, result records).
+    pub fn record(&self) -> String {
+        format!("{}:part", self.prefix)
+    }
+
+    /// Chunk id → the chunk's partial for this partition.
+    pub fn data(&self) -> String {
+        format!("{}:map", self.prefix)
+    }
+
+    pub fn lease(&self) -> String {
+        format!("{}:lease", self.prefix)
+    }
+
+    pub fn result(&self) -> String {
+        format!("{}:result", self.prefix)
     }
 }
 
@@ -122,7 +207,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_keys_share_one_hash_tag() {
+    fn a_jobs_own_keys_share_one_hash_tag() {
         let job = Keys::new("ns").job("j1");
         for key in [
             job.meta(),
@@ -131,12 +216,70 @@ mod tests {
             job.stats(),
             job.chunk_errors(),
             job.chunk_attempts(),
-            job.partition_lease(1),
-            job.partition_data(3),
             job.partitions_reduced(),
-            job.partition_result(7),
         ] {
             assert!(key.starts_with("ns:{j1}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn a_partitions_keys_share_its_own_hash_tag() {
+        let partition = Keys::new("ns").job("j1").partition(3, 8);
+        let tag = partition_tag("j1", 3, 8);
+        assert!(tag.starts_with("j1.3."), "{tag}");
+        for key in [
+            partition.record(),
+            partition.data(),
+            partition.lease(),
+            partition.result(),
+        ] {
+            assert!(key.starts_with(&format!("ns:{{{tag}}}:")), "{key}");
+        }
+    }
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // `CLUSTER KEYSLOT` answers, from ../shared/CLUSTERS.md and the Redis spec.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(tag_slot("job:1"), 11113);
+        assert_eq!(tag_slot("job:2"), 6922);
+    }
+
+    #[test]
+    fn partitions_take_even_shares_of_the_slot_space_from_the_jobs_slot() {
+        for (job, partitions) in [("j1", 1), ("wordcount-7", 3), ("x", 8), ("y", 64)] {
+            let start = u32::from(tag_slot(job));
+            let width = u32::from(SLOTS) / partitions;
+            for partition in 0..partitions {
+                let slot = u32::from(tag_slot(&partition_tag(job, partition, partitions)));
+                let offset = (slot + u32::from(SLOTS) - start) % u32::from(SLOTS);
+                assert_eq!(
+                    offset / width.max(1),
+                    partition,
+                    "{job} partition {partition}/{partitions} at slot {slot}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn three_equal_masters_each_get_a_share_of_eight_partitions() {
+        // `redis-cli --cluster create` gives 3 masters 0-5460, 5461-10922, 10923-16383.
+        for job in ["a", "job-17", "zz_top"] {
+            let mut per_master = [0u32; 3];
+            for partition in 0..8 {
+                let slot = tag_slot(&partition_tag(job, partition, 8));
+                per_master[usize::from(slot / 5461).min(2)] += 1;
+            }
+            // A master's 5461 slots always hold one share of 2048 whole.
+            assert!(per_master.iter().all(|n| *n >= 1), "{job}: {per_master:?}");
+        }
+    }
+
+    #[test]
+    fn many_partitions_wrap_around_the_shares() {
+        let tags: std::collections::HashSet<String> =
+            (0..200).map(|p| partition_tag("j", p, 200)).collect();
+        assert_eq!(tags.len(), 200, "every partition has its own tag");
     }
 }

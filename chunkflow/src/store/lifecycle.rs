@@ -7,8 +7,12 @@
 //!   different total and a done set holding chunk ids beyond the total;
 //! - the seal that finds every chunk already committed is the one caller that sees
 //!   [`SealOutcome::Completed`] (the `running → reducing` transition is in the script);
+//! - every partition's record is created after the job's and before its first task, and
+//!   never again once the job's record notes `partitions_ready` ([`Store::ensure_partitions`]);
 //! - a job ends once: `end_job` changes only a running or reducing job; the first ending
-//!   wins, deletes the intermediate data and puts the TTL on the rest;
+//!   wins, deletes the job's intermediate data and puts the TTL on the rest; its partitions
+//!   are closed next, each in its own slot, then the record notes `partitions_closed` (the
+//!   janitor finishes a closing cut short);
 //! - a dead-lettered task's facts (state, total, whether it is done, its last error) are
 //!   read in one round trip, for the reducers' dead-letter watch to decide on;
 //! - nothing recreates part of a job: the heartbeat and error notes write only while the
@@ -78,6 +82,17 @@ static TOMBSTONE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/tombstone.lua"), &[]));
 static HSET_IF_JOB_EXISTS: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/hset_if_job_exists.lua"), &[]));
+static CREATE_PARTITION: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/create_partition.lua"), &[]));
+static CLOSE_PARTITION: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/close_partition.lua"), &[]));
+/// `close_partition.lua` flagged `allow-oom`: it frees memory, so it must run when Redis is
+/// out of memory too.
+static CLOSE_PARTITION_UNDER_OOM: LazyLock<Script> = LazyLock::new(|| {
+    let source = include_str!("lua/close_partition.lua");
+    let body = source.split_once('\n').map_or("", |(_, body)| body);
+    load_script(&format!("#!lua flags=allow-oom\n{body}"), &[])
+});
 
 fn spec_json(spec: &JobSpec) -> Result<String, StoreError> {
     serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
@@ -97,10 +112,11 @@ impl Store {
             .arg(spec_json(spec)?)
             .arg(spec.partitions)
             .arg(spec.created_ms);
-        let created: i64 = self.invoke(&invocation).await?;
+        let created: i64 = self.invoke_replicated(&invocation, &job.meta()).await?;
         if created == 0 {
             return Err(StoreError::JobExists(spec.id.to_string()));
         }
+        self.ensure_partitions(spec).await?;
         // The index is not in the job's slot, so it is written apart from the record.
         let _added: i64 = self
             .invoke(
@@ -113,6 +129,67 @@ impl Store {
         Ok(())
     }
 
+    /// Creates the records of the job's partitions, unless its record notes they all exist
+    /// (`partitions_ready`); each is created only where none exists. Called by the producer
+    /// that created the job and by one resuming it, before any task is published: once the
+    /// note is there, a missing partition record means lost state, and nothing recreates it.
+    pub async fn ensure_partitions(&self, spec: &JobSpec) -> Result<(), StoreError> {
+        let job = self.keys.job(&spec.id);
+        let ready: Option<String> = self
+            .invoke(redis::cmd("HGET").arg(job.meta()).arg("partitions_ready"))
+            .await?;
+        if ready.is_some() {
+            return Ok(());
+        }
+        let now = now_ms();
+        futures_util::future::try_join_all((0..spec.partitions).map(|partition| {
+            let record = job.partition(partition, spec.partitions).record();
+            async move {
+                let mut invocation = ScriptKeys::new()
+                    .key("part", record.clone())
+                    .invocation(&CREATE_PARTITION);
+                invocation.arg(now);
+                self.invoke_replicated::<i64>(&invocation, &record).await
+            }
+        }))
+        .await?;
+        self.hset_if_job_exists(&job, job.meta(), "partitions_ready", "1")
+            .await
+    }
+
+    /// Closes every partition of a job that ended failed or cancelled (each in its own
+    /// slot: open ones stop taking partials, intermediate data is deleted, the time to live
+    /// set), then notes `partitions_closed` in the job's record. `under_oom` uses the
+    /// script variant Redis runs when out of memory. Idempotent.
+    pub async fn close_partitions(
+        &self,
+        spec: &JobSpec,
+        under_oom: bool,
+    ) -> Result<(), StoreError> {
+        let job = self.keys.job(&spec.id);
+        let script: &Script = if under_oom {
+            &CLOSE_PARTITION_UNDER_OOM
+        } else {
+            &CLOSE_PARTITION
+        };
+        futures_util::future::try_join_all((0..spec.partitions).map(|partition| {
+            let keys = job.partition(partition, spec.partitions);
+            async move {
+                let mut invocation = ScriptKeys::new()
+                    .key("part", keys.record())
+                    .key("map", keys.data())
+                    .key("lease", keys.lease())
+                    .key("result", keys.result())
+                    .invocation(script);
+                invocation.arg(spec.ttl_secs);
+                self.invoke::<String>(&invocation).await
+            }
+        }))
+        .await?;
+        self.hset_if_job_exists(&job, job.meta(), "partitions_closed", "1")
+            .await
+    }
+
     /// Records the total number of chunks once all are published; detects completion if
     /// every chunk was already committed.
     pub async fn seal_job(&self, job_id: &str, total: u64) -> Result<SealOutcome, StoreError> {
@@ -122,7 +199,7 @@ impl Store {
             .key("done", job.chunks_done())
             .invocation(&SEAL_JOB);
         invocation.arg(total).arg(now_ms());
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "sealed" => SealOutcome::Sealed {
                 committed: parse_u64(job_id, reply.get(1))?,
@@ -149,19 +226,26 @@ impl Store {
     ) -> Result<bool, StoreError> {
         debug_assert!(matches!(state, JobState::Failed | JobState::Cancelled));
         let job = self.keys.job(&spec.id);
-        let mut invocation = Store::job_keys(&job, spec.partitions).invocation(&END_JOB);
+        let mut invocation = Store::job_keys(&job).invocation(&END_JOB);
         invocation
             .arg(reason)
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(state.as_str());
-        let reply: String = self.invoke(&invocation).await?;
-        Ok(reply == "ended")
+        let reply: String = self.invoke_replicated(&invocation, &job.meta()).await?;
+        let ended = reply == "ended";
+        // Closed by whoever ended the job, or, if it died first, by the janitor.
+        if ended {
+            self.close_partitions(spec, false).await?;
+        }
+        Ok(ended)
     }
 
-    /// What a dead-lettered task's job looks like, in one round trip: its spec, state and
-    /// sealed total, whether the task's chunk is committed or partition reduced, the
-    /// chunk's last recorded error, and whether a lease was ever granted on the partition. `None` if the job's record does not exist.
+    /// What a dead-lettered task's job looks like: its spec, state and sealed total,
+    /// whether the task's chunk is committed or partition reduced, and the chunk's last
+    /// recorded error (one round trip in the job's slot), or whether a lease was ever
+    /// granted on the partition (one more, in the partition's slot). `None` if the job's
+    /// record does not exist.
     pub async fn dead_task_facts(
         &self,
         job_id: &str,
@@ -183,26 +267,33 @@ impl Store {
                 pipe.cmd("SISMEMBER")
                     .arg(job.partitions_reduced())
                     .arg(partition);
-                pipe.cmd("HGET")
-                    .arg(job.meta())
-                    .arg(format!("lease_granted:{partition}"));
             }
         }
-        type Reply = (
-            (Option<String>, Option<u64>, Option<String>),
-            bool,
-            Option<String>,
-        );
-        let ((state, total_chunks, spec), done, last): Reply = self.invoke(&pipe).await?;
+        type Record = (Option<String>, Option<u64>, Option<String>);
+        let ((state, total_chunks, spec), done, last_error): (Record, bool, Option<String>) =
+            match task {
+                DeadTaskRef::Chunk(_) => self.invoke(&pipe).await?,
+                DeadTaskRef::Partition(_) => {
+                    let (record, done): (Record, bool) = self.invoke(&pipe).await?;
+                    (record, done, None)
+                }
+            };
         let (Some(state), Some(spec)) = (state, spec) else {
             return Ok(None);
         };
-        let (last_error, partition_leased) = match task {
-            DeadTaskRef::Chunk(_) => (last, false),
-            DeadTaskRef::Partition(_) => (None, last.is_some()),
+        let spec = parse_spec(job_id, &spec)?;
+        let partition_leased = match task {
+            DeadTaskRef::Partition(partition) if partition < spec.partitions => {
+                let record = job.partition(partition, spec.partitions).record();
+                let granted: Option<String> = self
+                    .invoke(redis::cmd("HGET").arg(record).arg("lease_granted"))
+                    .await?;
+                granted.is_some()
+            }
+            _ => false,
         };
         Ok(Some(DeadTaskFacts {
-            spec: parse_spec(job_id, &spec)?,
+            spec,
             state: parse_state(job_id, Some(&state))?,
             total_chunks,
             done,
@@ -229,6 +320,8 @@ impl Store {
             .arg(now_ms())
             .arg(spec.ttl_secs);
         let written: i64 = self.invoke(&invocation).await?;
+        // The partitions of a job whose record was lost may still hold data in other slots.
+        self.close_partitions(spec, false).await?;
         Ok(written == 1)
     }
 
@@ -398,8 +491,8 @@ mod tests {
         let job = store.keys.job("j");
         for deleted in [
             job.chunks_done(),
-            job.partition_data(0),
-            job.partition_data(1),
+            job.partition(0, spec.partitions).data(),
+            job.partition(1, spec.partitions).data(),
         ] {
             assert!(!test.exists(&deleted).await, "{deleted} is deleted");
         }
@@ -452,9 +545,10 @@ mod tests {
         let spec = spec("j", 1);
         store.create_job(&spec).await.unwrap();
         store.producer_heartbeat("j").await.unwrap();
-        let (state, total, seen) = store.job_progress("j").await.unwrap().unwrap();
-        assert_eq!((state, total), (JobState::Running, None));
-        assert!(seen >= spec.created_ms, "{seen}");
+        let progress = store.job_progress("j").await.unwrap().unwrap();
+        assert_eq!((progress.state, progress.total), (JobState::Running, None));
+        assert!(progress.last_seen_ms >= spec.created_ms, "{progress:?}");
+        assert!(!progress.partitions_closed);
     }
 
     #[tokio::test]

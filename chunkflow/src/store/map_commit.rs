@@ -1,11 +1,17 @@
-//! The map phase's commit: one chunk's output to every partition, atomically, first commit
-//! wins; the count of attempts started at a chunk (and given back after an outage); and the
-//! notes of failed attempts at a chunk (for the failure reason).
+//! The map phase's commit: one chunk's output to every partition, first commit wins, in
+//! one-slot steps; the count of attempts started at a chunk (and given back after an
+//! outage); and the notes of failed attempts at a chunk (for the failure reason).
 //!
 //! Invariants upheld here (ARCHITECTURE.md 3, 5, 10, 11):
-//! - one script checks the job is running, adds the chunk to the done set and, only if it
-//!   was not there, writes its non-empty partials (counted per partition in the record as
-//!   `outputs:P`) and its counters; a second commit writes nothing;
+//! - the partition steps (one script per partition with a non-empty partial, in the
+//!   partition's slot) write the partial only if the chunk's field is absent and only while
+//!   the partition's record exists and is open; they all return before the job step runs;
+//! - the job step checks the job is running, adds the chunk to the done set and, only if it
+//!   was not there, adds its counters and counts its non-empty outputs per partition
+//!   (`outputs:P`); a second commit writes nothing, and a crash between steps is repaired by
+//!   the redelivery redoing them all;
+//! - a partition step that finds the partition's record missing while the job runs is lost
+//!   state ([`CommitOutcome::Lost`]), never a commit without that partial;
 //! - the commit of the last chunk of a sealed job moves it to `reducing` and is the one
 //!   caller that sees [`CommitOutcome::Completed`];
 //! - the commit count in the record and the done set's size move together: a mismatch is
@@ -72,9 +78,23 @@ static END_JOB_UNDER_OOM: LazyLock<Script> = LazyLock::new(|| {
 
 static COMMIT_CHUNK: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/commit_chunk.lua"), &[]));
+static COMMIT_PARTIAL: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/commit_partial.lua"), &[]));
+
+/// What a chunk's partition step found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartialStep {
+    /// Written now, or by an earlier attempt: the partition holds the chunk's partial.
+    Held,
+    /// The partition is past its map phase (`reduced` or `closed`): nothing written.
+    Closed,
+    /// The partition's record is gone.
+    Missing,
+}
 
 impl Store {
-    /// Commits one chunk's output to every partition and marks it done, atomically.
+    /// Commits one chunk: its partition steps (concurrently, one per non-empty partial),
+    /// then, once they all returned, its job step (ARCHITECTURE.md, invariant 3).
     pub async fn commit_chunk(
         &self,
         spec: &JobSpec,
@@ -82,13 +102,58 @@ impl Store {
         redelivered: bool,
         output: &MapOutput,
     ) -> Result<CommitOutcome, StoreError> {
+        let non_empty: Vec<u32> = (0..spec.partitions)
+            .filter(|p| {
+                output
+                    .partials
+                    .get(*p as usize)
+                    .is_some_and(|b| !b.is_empty())
+            })
+            .collect();
+        let steps = non_empty.iter().map(|partition| {
+            let partial = &output.partials[*partition as usize];
+            self.commit_partial(spec, *partition, chunk, partial)
+        });
+        let found = futures_util::future::try_join_all(steps).await?;
+        if let Some(at) = found.iter().position(|step| *step == PartialStep::Missing) {
+            // Gone with the job (expired, ended and cleaned up), lost by a node alone, or
+            // looked for under another partition count than the job's.
+            let job = self.keys.job(&spec.id);
+            let (state, partitions): (Option<String>, Option<u32>) = self
+                .invoke(
+                    redis::cmd("HMGET")
+                        .arg(job.meta())
+                        .arg("state")
+                        .arg("partitions"),
+                )
+                .await?;
+            if partitions.is_some_and(|partitions| partitions != spec.partitions) {
+                return Err(StoreError::Corrupt {
+                    job: spec.id.to_string(),
+                    what: format!(
+                        "a commit named {} partitions but the job has {} partitions",
+                        spec.partitions,
+                        partitions.unwrap_or(0)
+                    ),
+                });
+            }
+            let state = state.map(|s| parse_state(&spec.id, Some(&s))).transpose()?;
+            return Ok(match state {
+                None => CommitOutcome::Missing,
+                Some(state) if state.is_final() => CommitOutcome::NotRunning(state),
+                Some(_) => CommitOutcome::Lost(format!(
+                    "partition {} of the running job has no record (the Redis node holding \
+                     it restarted empty?)",
+                    non_empty[at]
+                )),
+            });
+        }
         let job = self.keys.job(&spec.id);
         let mut invocation = ScriptKeys::new()
             .key("meta", job.meta())
             .key("done", job.chunks_done())
             .key("counters", job.counters())
             .key("stats", job.stats())
-            .group("map", (0..spec.partitions).map(|p| job.partition_data(p)))
             .invocation(&COMMIT_CHUNK);
         invocation
             .arg(chunk)
@@ -98,11 +163,10 @@ impl Store {
         for (name, value) in &output.counters {
             invocation.arg(*name).arg(*value);
         }
-        for partition in 0..spec.partitions as usize {
-            let partial: &[u8] = output.partials.get(partition).map_or(&[], Vec::as_slice);
-            invocation.arg(partial);
+        for partition in &non_empty {
+            invocation.arg(*partition);
         }
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "committed" => CommitOutcome::Committed,
             "completed" => CommitOutcome::Completed,
@@ -114,6 +178,32 @@ impl Store {
             },
             "lost" => CommitOutcome::Lost(reply.get(1).cloned().unwrap_or_default()),
             other => return Err(unexpected_reply(&spec.id, "commit", other)),
+        })
+    }
+
+    /// One partition step of a chunk's commit, in the partition's slot.
+    async fn commit_partial(
+        &self,
+        spec: &JobSpec,
+        partition: u32,
+        chunk: u64,
+        partial: &[u8],
+    ) -> Result<PartialStep, StoreError> {
+        let keys = self
+            .keys
+            .job(&spec.id)
+            .partition(partition, spec.partitions);
+        let mut invocation = ScriptKeys::new()
+            .key("part", keys.record())
+            .key("map", keys.data())
+            .invocation(&COMMIT_PARTIAL);
+        invocation.arg(chunk).arg(partial);
+        let reply: String = self.invoke_replicated(&invocation, &keys.data()).await?;
+        Ok(match reply.as_str() {
+            "written" | "duplicate" => PartialStep::Held,
+            "reduced" | "closed" => PartialStep::Closed,
+            "missing" => PartialStep::Missing,
+            other => return Err(unexpected_reply(&spec.id, "partition commit", other)),
         })
     }
 
@@ -162,14 +252,18 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let job = self.keys.job(&spec.id);
-        let mut invocation = Store::job_keys(&job, spec.partitions).invocation(&END_JOB_UNDER_OOM);
+        let mut invocation = Store::job_keys(&job).invocation(&END_JOB_UNDER_OOM);
         invocation
             .arg(reason)
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(JobState::Failed.as_str());
         let reply: String = self.invoke(&invocation).await?;
-        Ok(reply == "ended")
+        let ended = reply == "ended";
+        if ended {
+            self.close_partitions(spec, true).await?;
+        }
+        Ok(ended)
     }
 
     /// Records the last error of a failed attempt at a chunk (for the failure reason).
@@ -225,19 +319,21 @@ mod tests {
             store.commit_chunk(&spec, 0, false, &first).await.unwrap(),
             CommitOutcome::Committed
         );
-        let second = map_output(&[b"OTHER", b"OTHER", b"OTHER"]);
+        // A redelivery's partition steps find their fields: the first attempt's partials
+        // stay (a map is deterministic, so a redelivery writes the same partitions).
+        let second = map_output(&[b"OTHER", b"", b"OTHER"]);
         assert_eq!(
             store.commit_chunk(&spec, 0, true, &second).await.unwrap(),
             CommitOutcome::Duplicate
         );
         // Only non-empty partials are stored, and counted per partition.
         assert_eq!(
-            store.partition_partials("j", 0).await.unwrap(),
+            test.partials(&spec, 0).await,
             (vec![(0, b"a0".to_vec())], 1)
         );
-        assert_eq!(store.partition_partials("j", 1).await.unwrap(), (vec![], 0));
+        assert_eq!(test.partials(&spec, 1).await, (vec![], 0));
         assert_eq!(
-            store.partition_partials("j", 2).await.unwrap(),
+            test.partials(&spec, 2).await,
             (vec![(0, b"c0".to_vec())], 1)
         );
         let status = store.status("j").await.unwrap().unwrap();
@@ -416,7 +512,11 @@ mod tests {
             .unwrap());
         let status = store.status("j").await.unwrap().unwrap();
         assert_eq!(status.state, JobState::Failed);
-        assert!(!test.exists(&store.keys.job("j").partition_data(0)).await);
+        assert!(
+            !test
+                .exists(&store.keys.job("j").partition(0, spec.partitions).data())
+                .await
+        );
         assert!(
             !store.fail_job_out_of_memory(&spec, "again").await.unwrap(),
             "a job ends once"
@@ -453,5 +553,113 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_partition_steps_and_the_job_step_is_repaired_by_the_redelivery() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = spec("j", 3);
+        store.create_job(&spec).await.unwrap();
+        // The first attempt wrote one partition step, then its process died.
+        assert_eq!(
+            store.commit_partial(&spec, 2, 0, b"c0").await.unwrap(),
+            PartialStep::Held
+        );
+        assert_eq!(
+            test.partials(&spec, 2).await,
+            (vec![(0, b"c0".to_vec())], 0)
+        );
+        assert_eq!(
+            store.status("j").await.unwrap().unwrap().chunks_committed,
+            0
+        );
+        // The redelivery redoes every step: nothing is written twice, all is counted once.
+        let output = map_output(&[b"a0", b"", b"c0"]);
+        assert_eq!(
+            store.commit_chunk(&spec, 0, true, &output).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        assert_eq!(
+            test.partials(&spec, 0).await,
+            (vec![(0, b"a0".to_vec())], 1)
+        );
+        assert_eq!(test.partials(&spec, 1).await, (vec![], 0));
+        assert_eq!(
+            test.partials(&spec, 2).await,
+            (vec![(0, b"c0".to_vec())], 1)
+        );
+        let status = store.status("j").await.unwrap().unwrap();
+        assert_eq!(status.chunks_committed, 1);
+        assert_eq!(
+            status.counters.get("records_read"),
+            Some(&2),
+            "counted once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partition_record_that_vanished_is_lost_state_never_a_commit_without_it() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        // The node holding partition 1's slot restarted empty.
+        let record = store.keys.job("j").partition(1, 2).record();
+        let _: i64 = test.raw(redis::cmd("DEL").arg(&record)).await;
+        let outcome = store
+            .commit_chunk(&spec, 0, false, &map_output(&[b"a", b"b"]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&outcome, CommitOutcome::Lost(what) if what.contains("partition 1")),
+            "{outcome:?}"
+        );
+        assert!(!test.exists(&record).await, "never recreated");
+        assert_eq!(
+            store.status("j").await.unwrap().unwrap().chunks_committed,
+            0
+        );
+        // Nor by a resumed producer: the job's record notes that its partitions exist.
+        store.ensure_partitions(&spec).await.unwrap();
+        assert!(!test.exists(&record).await, "never recreated");
+    }
+
+    #[tokio::test]
+    async fn a_partition_of_an_ended_job_takes_no_partial() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        assert!(store
+            .end_job(&spec, JobState::Cancelled, "stop")
+            .await
+            .unwrap());
+        // A worker that mapped before the end commits late: nothing is written anywhere.
+        assert_eq!(
+            store.commit_partial(&spec, 0, 0, b"late").await.unwrap(),
+            PartialStep::Closed
+        );
+        assert_eq!(
+            store
+                .commit_chunk(&spec, 0, false, &map_output(&[b"late", b"late"]))
+                .await
+                .unwrap(),
+            CommitOutcome::NotRunning(JobState::Cancelled)
+        );
+        for partition in 0..2 {
+            let keys = store.keys.job("j").partition(partition, 2);
+            assert!(!test.exists(&keys.data()).await);
+            let ttl = test.ttl(&keys.record()).await;
+            assert!((1..=60).contains(&ttl), "the record expires: {ttl}");
+        }
+        let progress = store.job_progress("j").await.unwrap().unwrap();
+        assert!(progress.partitions_closed);
     }
 }

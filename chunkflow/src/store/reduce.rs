@@ -1,28 +1,33 @@
 //! The reduce phase in Redis: partition leases with fencing tokens, reading a partition's
 //! partials, storing its result, and [`Store::begin_reduce`], which gathers everything a
-//! reducer needs to start on a partition in one round trip.
+//! reducer needs to start on a partition: the job's facts in the job's slot, then the lease
+//! and the partials in one step in the partition's slot.
 //!
 //! Invariants upheld here (ARCHITECTURE.md 6, 9, 11):
-//! - a lease's token comes from a per-job counter that only grows; renewing and committing
-//!   check that the token still holds the lease, so a reducer that stalled past its lease
-//!   commits nothing ([`ReduceCommitOutcome::Fenced`]);
-//! - one script stores a partition's result, deletes its intermediate hash and marks it
-//!   reduced, unless it already is; the script that reduces the last partition marks the
-//!   job succeeded, deletes the rest of the intermediate data and puts the TTL on the rest;
+//! - a lease's token comes from a counter in the partition's record that only grows;
+//!   renewing and committing check that the token still holds the lease, so a reducer that
+//!   stalled past its lease commits nothing ([`ReduceCommitOutcome::Fenced`]);
+//! - a partition's commit is a partition step (store the result, delete the intermediate
+//!   hash, mark the partition reduced, unless it already is) then a job step (add it to the
+//!   reduced set, first wins; the last one marks the job succeeded and ends its data); a
+//!   partition found reduced whose job step is missing gets its job step, with the record
+//!   count the partition step stored;
 //! - the partials come with the count of outputs the commits recorded for the partition,
-//!   so a reducer can tell lost data from an empty partition;
-//! - every grant is recorded in the job's record (`lease_granted:P`), and a grant that
-//!   expired on an unreduced partition is claimed for republishing once
-//!   (`lease_republished:P`), by one janitor among all reducers.
+//!   so a reducer can tell lost data from an empty partition; a partition whose record is
+//!   gone while its job reduces is lost state ([`BeginReduce::Lost`]);
+//! - every grant is recorded in the partition's record (`lease_granted`), and a grant that
+//!   expired on an open partition is claimed for republishing once (`lease_republished`),
+//!   by one janitor among all reducers.
 //!
 //! Must not: merge data or decide what to do with a delivery (the reducer does), or take a
-//! lease for a job that does not exist.
+//! lease for a partition that has no record.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Script, Value};
 
+use super::keys::PartitionKeys;
 use super::{load_script, parse_spec, parse_state, parse_u64, reply_tag, unexpected_reply};
 use super::{ScriptKeys, Store, StoreError, END_JOB_LUA};
 use crate::job::{now_ms, JobSpec, JobState};
@@ -39,6 +44,8 @@ pub enum ReduceCommitOutcome {
     Missing,
     /// This reducer's lease was taken over (it stalled past its lease); nothing written.
     Fenced,
+    /// The partition's record is gone while its job reduces: Redis lost it.
+    Lost(String),
 }
 
 /// The outcome of asking for a partition's lease.
@@ -51,8 +58,8 @@ pub enum LeaseOutcome {
     Missing,
 }
 
-/// What [`Store::begin_reduce`] found, in the order it checks: only the last outcome holds
-/// the lease.
+/// What [`Store::begin_reduce`] found, in the order it checks: only `Acquired` holds the
+/// lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeginReduce {
     /// The job's record is gone (expired, deleted, or lost by Redis).
@@ -61,12 +68,28 @@ pub enum BeginReduce {
     OutOfRange { partitions: u32 },
     /// The job is not reducing: still mapping, or ended. Nothing to do.
     NotReducing(JobState),
-    /// The partition's result is already stored: a duplicate task.
+    /// The partition's result is already stored and counted: a duplicate task.
     AlreadyReduced,
+    /// The partition's result was stored by an earlier attempt whose job step a crash cut
+    /// off; the job step ran now, with this outcome.
+    Finished(ReduceCommitOutcome),
     /// Another reducer holds the partition's lease for this much longer.
     Busy(Duration),
+    /// The partition's record is gone while its job reduces: Redis lost it.
+    Lost { spec: JobSpec, what: String },
     /// The lease is held: everything needed to reduce the partition.
     Acquired(ReduceStart),
+}
+
+impl BeginReduce {
+    /// The job's spec, where one was read (to fail the job with).
+    pub fn spec(&self) -> Option<&JobSpec> {
+        match self {
+            BeginReduce::Lost { spec, .. } => Some(spec),
+            BeginReduce::Acquired(start) => Some(&start.spec),
+            _ => None,
+        }
+    }
 }
 
 /// A partition ready to be reduced under a lease, as read atomically with the lease.
@@ -84,13 +107,17 @@ pub struct ReduceStart {
 }
 
 static COMMIT_PARTITION: LazyLock<Script> =
-    LazyLock::new(|| load_script(include_str!("lua/commit_partition.lua"), &[END_JOB_LUA]));
+    LazyLock::new(|| load_script(include_str!("lua/commit_partition.lua"), &[]));
+static MARK_REDUCED: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/mark_reduced.lua"), &[END_JOB_LUA]));
 static ACQUIRE_LEASE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/acquire_lease.lua"), &[]));
 static RENEW_LEASE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/renew_lease.lua"), &[]));
 static BEGIN_REDUCE: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/begin_reduce.lua"), &[]));
+static LEASE_PARTITION: LazyLock<Script> =
+    LazyLock::new(|| load_script(include_str!("lua/lease_partition.lua"), &[]));
 static CLAIM_LEASE_REPUBLISH: LazyLock<Script> =
     LazyLock::new(|| load_script(include_str!("lua/claim_lease_republish.lua"), &[]));
 
@@ -98,6 +125,7 @@ static CLAIM_LEASE_REPUBLISH: LazyLock<Script> =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseFacts {
     pub partition: u32,
+    /// The partition is past reducing (reduced, or closed with its job).
     pub reduced: bool,
     /// The token of the last lease granted on the partition, if any was.
     pub granted: Option<u64>,
@@ -144,8 +172,20 @@ fn reply_item<T: redis::FromRedisValue>(
     redis::from_redis_value(item).map_err(|e| corrupt(format!("unexpected script reply: {e}")))
 }
 
+/// Why a partition's missing record is lost state.
+fn lost_partition(partition: u32) -> String {
+    format!(
+        "partition {partition} of the reducing job has no record (the Redis node holding it \
+         restarted empty?)"
+    )
+}
+
 impl Store {
-    /// Whether a partition's result is already stored.
+    fn partition_keys(&self, job_id: &str, partition: u32, partitions: u32) -> PartitionKeys {
+        self.keys.job(job_id).partition(partition, partitions)
+    }
+
+    /// Whether a partition's result is stored and counted.
     pub async fn is_reduced(&self, job_id: &str, partition: u32) -> Result<bool, StoreError> {
         self.invoke(
             redis::cmd("SISMEMBER")
@@ -155,23 +195,23 @@ impl Store {
         .await
     }
 
-    /// Asks for the lease on a partition, valid for `ttl`.
+    /// Asks for the lease on a partition of `spec`'s job, valid for `ttl`.
     pub async fn acquire_lease(
         &self,
-        job_id: &str,
+        spec: &JobSpec,
         partition: u32,
         ttl: Duration,
     ) -> Result<LeaseOutcome, StoreError> {
-        let job = self.keys.job(job_id);
+        let keys = self.partition_keys(&spec.id, partition, spec.partitions);
         let mut invocation = ScriptKeys::new()
-            .key("meta", job.meta())
-            .key("lease", job.partition_lease(partition))
+            .key("part", keys.record())
+            .key("lease", keys.lease())
             .invocation(&ACQUIRE_LEASE);
         invocation.arg(ttl.as_millis() as u64);
         let reply: Vec<String> = self.invoke(&invocation).await?;
         Ok(match reply_tag(&reply) {
-            "acquired" => LeaseOutcome::Acquired(parse_u64(job_id, reply.get(1))?),
-            "busy" => LeaseOutcome::Busy(Duration::from_millis(parse_u64(job_id, reply.get(1))?)),
+            "acquired" => LeaseOutcome::Acquired(parse_u64(&spec.id, reply.get(1))?),
+            "busy" => LeaseOutcome::Busy(Duration::from_millis(parse_u64(&spec.id, reply.get(1))?)),
             _ => LeaseOutcome::Missing,
         })
     }
@@ -179,43 +219,22 @@ impl Store {
     /// Extends a held lease; `false` if it was lost (expired and perhaps taken over).
     pub async fn renew_lease(
         &self,
-        job_id: &str,
+        spec: &JobSpec,
         partition: u32,
         token: u64,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let keys = self.partition_keys(&spec.id, partition, spec.partitions);
         let mut invocation = ScriptKeys::new()
-            .key("lease", self.keys.job(job_id).partition_lease(partition))
+            .key("lease", keys.lease())
             .invocation(&RENEW_LEASE);
         invocation.arg(token).arg(ttl.as_millis() as u64);
         let renewed: i64 = self.invoke(&invocation).await?;
         Ok(renewed == 1)
     }
 
-    /// The (non-empty) chunk outputs of one partition, keyed by chunk id, and how many the
-    /// job's record says were committed: fewer present than committed means lost data.
-    pub async fn partition_partials(
-        &self,
-        job_id: &str,
-        partition: u32,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, u64), StoreError> {
-        let job = self.keys.job(job_id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL")
-            .arg(job.partition_data(partition))
-            .cmd("HGET")
-            .arg(job.meta())
-            .arg(format!("outputs:{partition}"));
-        type Reply = (Vec<(String, Vec<u8>)>, Option<u64>);
-        let (entries, committed): Reply = self.invoke(&pipe).await?;
-        Ok((
-            chunk_entries(job_id, partition, entries)?,
-            committed.unwrap_or(0),
-        ))
-    }
-
-    /// Stores a partition's result and marks it reduced, atomically; the last partition
-    /// ends the job.
+    /// Stores a partition's result under the lease `token` (the partition step), then
+    /// counts it in the job (the job step); the job step of the last partition ends the job.
     pub async fn commit_partition(
         &self,
         spec: &JobSpec,
@@ -223,24 +242,74 @@ impl Store {
         token: u64,
         output: &ReduceOutput,
     ) -> Result<ReduceCommitOutcome, StoreError> {
-        let job = self.keys.job(&spec.id);
-        let mut invocation = Store::job_keys(&job, spec.partitions)
-            .key("lease", job.partition_lease(partition))
+        let keys = self.partition_keys(&spec.id, partition, spec.partitions);
+        let mut invocation = ScriptKeys::new()
+            .key("part", keys.record())
+            .key("lease", keys.lease())
+            .key("map", keys.data())
+            .key("result", keys.result())
             .invocation(&COMMIT_PARTITION);
         invocation
-            .arg(partition)
             .arg(output.lines.as_slice())
             .arg(output.records)
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(token);
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &keys.result()).await?;
+        let records = match reply_tag(&reply) {
+            "reduced" => output.records,
+            // Reduced by another holder: its job step may still be missing.
+            "duplicate" => parse_u64(&spec.id, reply.get(1))?,
+            "fenced" => return Ok(ReduceCommitOutcome::Fenced),
+            "closed" => {
+                let state = self.job_state(&spec.id).await?;
+                return Ok(state.map_or(ReduceCommitOutcome::Missing, |state| {
+                    ReduceCommitOutcome::NotReducing(state)
+                }));
+            }
+            "missing" => {
+                return Ok(match self.job_state(&spec.id).await? {
+                    None => ReduceCommitOutcome::Missing,
+                    Some(JobState::Reducing) => {
+                        ReduceCommitOutcome::Lost(lost_partition(partition))
+                    }
+                    Some(state) => ReduceCommitOutcome::NotReducing(state),
+                })
+            }
+            other => return Err(unexpected_reply(&spec.id, "reduce", other)),
+        };
+        let outcome = self.mark_reduced(spec, partition, records).await?;
+        Ok(match (reply_tag(&reply), outcome) {
+            ("duplicate", ReduceCommitOutcome::Reduced)
+            | ("duplicate", ReduceCommitOutcome::Succeeded) => {
+                // This reducer's own result was discarded; the other holder's is counted.
+                ReduceCommitOutcome::Duplicate
+            }
+            (_, outcome) => outcome,
+        })
+    }
+
+    /// A partition's job step: adds it to the job's reduced set (first wins) with its
+    /// result's record count; the last one marks the job succeeded.
+    async fn mark_reduced(
+        &self,
+        spec: &JobSpec,
+        partition: u32,
+        records: u64,
+    ) -> Result<ReduceCommitOutcome, StoreError> {
+        let job = self.keys.job(&spec.id);
+        let mut invocation = Store::job_keys(&job).invocation(&MARK_REDUCED);
+        invocation
+            .arg(partition)
+            .arg(records)
+            .arg(spec.ttl_secs)
+            .arg(now_ms());
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "reduced" => ReduceCommitOutcome::Reduced,
             "succeeded" => ReduceCommitOutcome::Succeeded,
             "duplicate" => ReduceCommitOutcome::Duplicate,
             "missing" => ReduceCommitOutcome::Missing,
-            "fenced" => ReduceCommitOutcome::Fenced,
             "not_reducing" => {
                 ReduceCommitOutcome::NotReducing(parse_state(&spec.id, reply.get(1))?)
             }
@@ -248,110 +317,92 @@ impl Store {
         })
     }
 
-    /// The lease facts of every partition of a reducing job (the janitor's read; the claim
-    /// checks them again atomically).
-    pub async fn lease_facts(
-        &self,
-        job_id: &str,
-        partitions: u32,
-    ) -> Result<Vec<LeaseFacts>, StoreError> {
-        if partitions == 0 {
-            return Ok(Vec::new());
-        }
-        let job = self.keys.job(job_id);
-        let mut granted = redis::cmd("HMGET");
-        let mut republished = redis::cmd("HMGET");
-        let mut republished_ms = redis::cmd("HMGET");
-        granted.arg(job.meta());
-        republished.arg(job.meta());
-        republished_ms.arg(job.meta());
-        for partition in 0..partitions {
-            granted.arg(format!("lease_granted:{partition}"));
-            republished.arg(format!("lease_republished:{partition}"));
-            republished_ms.arg(format!("lease_republished_ms:{partition}"));
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS")
-            .arg(job.partitions_reduced())
-            .add_command(granted)
-            .add_command(republished)
-            .add_command(republished_ms);
-        for partition in 0..partitions {
-            pipe.cmd("PTTL").arg(job.partition_lease(partition));
-        }
-        let reply: Vec<Value> = self.invoke(&pipe).await?;
-        let mut items = reply.into_iter();
-        let reduced: Vec<u32> = reply_item(job_id, items.next())?;
-        let granted: Vec<Option<u64>> = reply_item(job_id, items.next())?;
-        let republished: Vec<Option<u64>> = reply_item(job_id, items.next())?;
-        let republished_ms: Vec<Option<u64>> = reply_item(job_id, items.next())?;
-        (0..partitions)
-            .map(|partition| {
-                let remaining: i64 = reply_item(job_id, items.next())?;
-                let at = partition as usize;
-                Ok(LeaseFacts {
+    /// The lease facts of every partition of a reducing job (the janitor's read, one
+    /// request per partition since each is in its own slot; the claim checks them again
+    /// atomically).
+    pub async fn lease_facts(&self, spec: &JobSpec) -> Result<Vec<LeaseFacts>, StoreError> {
+        futures_util::future::try_join_all((0..spec.partitions).map(|partition| {
+            let keys = self.partition_keys(&spec.id, partition, spec.partitions);
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HMGET")
+                    .arg(keys.record())
+                    .arg("state")
+                    .arg("lease_granted")
+                    .arg("lease_republished")
+                    .arg("lease_republished_ms")
+                    .cmd("PTTL")
+                    .arg(keys.lease());
+                type Record = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
+                let ((state, granted, republished, republished_ms), remaining): (Record, i64) =
+                    self.invoke(&pipe).await?;
+                Ok::<_, StoreError>(LeaseFacts {
                     partition,
-                    reduced: reduced.contains(&partition),
-                    granted: granted.get(at).copied().flatten(),
+                    reduced: state.as_deref() != Some("open"),
+                    granted,
                     held: remaining > 0,
-                    republished: republished.get(at).copied().flatten(),
-                    republished_ms: republished_ms.get(at).copied().flatten().unwrap_or(0),
+                    republished,
+                    republished_ms: republished_ms.unwrap_or(0),
                 })
-            })
-            .collect()
+            }
+        }))
+        .await
     }
 
     /// Claims the republishing of the reduce tasks of expired grants `(partition, token)`
-    /// (checked again atomically, see `claim_lease_republish.lua`; a grant republished
-    /// before is claimed again only `again_after` later); returns the partitions claimed,
-    /// whose tasks the caller must publish.
+    /// (checked again atomically in each partition's slot, see `claim_lease_republish.lua`;
+    /// a grant republished before is claimed again only `again_after` later); returns the
+    /// partitions claimed, whose tasks the caller must publish.
     pub async fn claim_lease_republish(
         &self,
-        job_id: &str,
+        spec: &JobSpec,
         expired: &[(u32, u64)],
         again_after: Duration,
     ) -> Result<Vec<u32>, StoreError> {
-        if expired.is_empty() {
-            return Ok(Vec::new());
-        }
-        let job = self.keys.job(job_id);
-        let leases = expired
-            .iter()
-            .map(|(partition, _)| job.partition_lease(*partition));
-        let mut invocation = ScriptKeys::new()
-            .key("meta", job.meta())
-            .key("reduced", job.partitions_reduced())
-            .group("lease", leases)
-            .invocation(&CLAIM_LEASE_REPUBLISH);
-        invocation.arg(now_ms()).arg(again_after.as_millis() as u64);
-        for (partition, token) in expired {
-            invocation.arg(*partition).arg(*token);
-        }
-        self.invoke(&invocation).await
+        let now = now_ms();
+        let claims =
+            futures_util::future::try_join_all(expired.iter().map(|(partition, token)| {
+                let keys = self.partition_keys(&spec.id, *partition, spec.partitions);
+                async move {
+                    let mut invocation = ScriptKeys::new()
+                        .key("part", keys.record())
+                        .key("lease", keys.lease())
+                        .invocation(&CLAIM_LEASE_REPUBLISH);
+                    invocation
+                        .arg(*token)
+                        .arg(now)
+                        .arg(again_after.as_millis() as u64);
+                    let claimed: i64 = self.invoke(&invocation).await?;
+                    Ok::<_, StoreError>((claimed == 1).then_some(*partition))
+                }
+            }))
+            .await?;
+        Ok(claims.into_iter().flatten().collect())
     }
 
     /// Gives a claim back (its publish failed), so a later sweep claims it again. Deleting
-    /// a field never recreates a job.
+    /// a field never recreates a record.
     pub async fn release_lease_republish(
         &self,
-        job_id: &str,
+        spec: &JobSpec,
         partition: u32,
     ) -> Result<(), StoreError> {
+        let keys = self.partition_keys(&spec.id, partition, spec.partitions);
         let _removed: i64 = self
             .invoke(
                 redis::cmd("HDEL")
-                    .arg(self.keys.job(job_id).meta())
-                    .arg(format!("lease_republished:{partition}"))
-                    .arg(format!("lease_republished_ms:{partition}")),
+                    .arg(keys.record())
+                    .arg("lease_republished")
+                    .arg("lease_republished_ms"),
             )
             .await?;
         Ok(())
     }
 
-    /// Everything a reducer needs to start on `partition` of `job_id`, in one round trip
-    /// (one script): the job's state, whether the partition is already reduced, the lease
-    /// for `lease_ttl` (or who holds it), and, once the lease is held, the job's spec and
-    /// total, the partition's partials and the count of outputs committed to it.
+    /// Everything a reducer needs to start on `partition` of `job_id`: the job's facts
+    /// (state, whether the partition is counted reduced, spec, total, outputs committed to
+    /// the partition) in the job's slot, then the lease for `lease_ttl` (or who holds it)
+    /// and the partition's partials in one step in the partition's slot.
     pub async fn begin_reduce(
         &self,
         job_id: &str,
@@ -362,34 +413,57 @@ impl Store {
         let mut invocation = ScriptKeys::new()
             .key("meta", job.meta())
             .key("reduced", job.partitions_reduced())
-            .key("lease", job.partition_lease(partition))
-            .key("map", job.partition_data(partition))
             .invocation(&BEGIN_REDUCE);
-        invocation.arg(partition).arg(lease_ttl.as_millis() as u64);
+        invocation.arg(partition);
+        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let (spec, total_chunks, committed_outputs) = match reply_tag(&reply) {
+            "missing" => return Ok(BeginReduce::Missing),
+            "out_of_range" => {
+                return Ok(BeginReduce::OutOfRange {
+                    partitions: parse_u64(job_id, reply.get(1))? as u32,
+                })
+            }
+            "not_reducing" => {
+                return Ok(BeginReduce::NotReducing(parse_state(job_id, reply.get(1))?))
+            }
+            "reduced" => return Ok(BeginReduce::AlreadyReduced),
+            "reducing" => {
+                let spec = parse_spec(job_id, reply.get(1).map_or("", String::as_str))?;
+                let total_chunks = match reply.get(2).map_or("", String::as_str) {
+                    "" => None,
+                    total => Some(parse_u64(job_id, Some(&total.to_string()))?),
+                };
+                (spec, total_chunks, parse_u64(job_id, reply.get(3))?)
+            }
+            other => return Err(unexpected_reply(job_id, "begin-reduce", other)),
+        };
+        let keys = self.partition_keys(job_id, partition, spec.partitions);
+        let mut invocation = ScriptKeys::new()
+            .key("part", keys.record())
+            .key("lease", keys.lease())
+            .key("map", keys.data())
+            .invocation(&LEASE_PARTITION);
+        invocation.arg(lease_ttl.as_millis() as u64);
         let reply: Vec<Value> = self.invoke(&invocation).await?;
         let mut items = reply.into_iter();
         let tag: String = reply_item(job_id, items.next())?;
         let mut text = || reply_item::<String>(job_id, items.next());
         Ok(match tag.as_str() {
-            "missing" => BeginReduce::Missing,
-            "out_of_range" => BeginReduce::OutOfRange {
-                partitions: text()?.parse().map_err(|_| StoreError::Corrupt {
-                    job: job_id.to_string(),
-                    what: "the partition count is not a number".into(),
-                })?,
+            "missing" => BeginReduce::Lost {
+                what: lost_partition(partition),
+                spec,
             },
-            "not_reducing" => BeginReduce::NotReducing(parse_state(job_id, Some(&text()?))?),
-            "reduced" => BeginReduce::AlreadyReduced,
+            "closed" => match self.job_state(job_id).await? {
+                None => BeginReduce::Missing,
+                Some(state) => BeginReduce::NotReducing(state),
+            },
+            "reduced" => {
+                let records = parse_u64(job_id, Some(&text()?))?;
+                BeginReduce::Finished(self.mark_reduced(&spec, partition, records).await?)
+            }
             "busy" => BeginReduce::Busy(Duration::from_millis(parse_u64(job_id, Some(&text()?))?)),
             "acquired" => {
-                let spec = parse_spec(job_id, &text()?)?;
-                let total = text()?;
-                let total_chunks = match total.as_str() {
-                    "" => None,
-                    total => Some(parse_u64(job_id, Some(&total.to_string()))?),
-                };
                 let token = parse_u64(job_id, Some(&text()?))?;
-                let committed_outputs = parse_u64(job_id, Some(&text()?))?;
                 let entries: Vec<(String, Vec<u8>)> = reply_item(job_id, items.next())?;
                 BeginReduce::Acquired(ReduceStart {
                     spec,
@@ -399,7 +473,7 @@ impl Store {
                     committed_outputs,
                 })
             }
-            other => return Err(unexpected_reply(job_id, "begin-reduce", other)),
+            other => return Err(unexpected_reply(job_id, "lease", other)),
         })
     }
 }
@@ -438,26 +512,27 @@ mod tests {
             return;
         };
         let store = &test.store;
+        let spec = spec("j", 1);
         assert_eq!(
-            store.acquire_lease("gone", 0, LEASE).await.unwrap(),
+            store.acquire_lease(&spec, 0, LEASE).await.unwrap(),
             LeaseOutcome::Missing
         );
-        store.create_job(&spec("j", 1)).await.unwrap();
-        let LeaseOutcome::Acquired(first) = store.acquire_lease("j", 0, LEASE).await.unwrap()
+        store.create_job(&spec).await.unwrap();
+        let LeaseOutcome::Acquired(first) = store.acquire_lease(&spec, 0, LEASE).await.unwrap()
         else {
             panic!("a free lease is granted");
         };
         assert!(matches!(
-            store.acquire_lease("j", 0, LEASE).await.unwrap(),
+            store.acquire_lease(&spec, 0, LEASE).await.unwrap(),
             LeaseOutcome::Busy(remaining) if remaining > Duration::ZERO && remaining <= LEASE
         ));
-        assert!(store.renew_lease("j", 0, first, LEASE).await.unwrap());
-        assert!(!store.renew_lease("j", 0, first + 1, LEASE).await.unwrap());
+        assert!(store.renew_lease(&spec, 0, first, LEASE).await.unwrap());
+        assert!(!store.renew_lease(&spec, 0, first + 1, LEASE).await.unwrap());
         // Once the lease is gone (expired), a new holder gets a larger token.
-        let lease = store.keys.job("j").partition_lease(0);
+        let lease = store.keys.job("j").partition(0, spec.partitions).lease();
         let _: i64 = test.raw(redis::cmd("DEL").arg(&lease)).await;
-        assert!(!store.renew_lease("j", 0, first, LEASE).await.unwrap());
-        let LeaseOutcome::Acquired(second) = store.acquire_lease("j", 0, LEASE).await.unwrap()
+        assert!(!store.renew_lease(&spec, 0, first, LEASE).await.unwrap());
+        let LeaseOutcome::Acquired(second) = store.acquire_lease(&spec, 0, LEASE).await.unwrap()
         else {
             panic!("an expired lease is granted again");
         };
@@ -480,16 +555,17 @@ mod tests {
             ReduceCommitOutcome::Missing
         );
         store.create_job(&running).await.unwrap();
+        // No lease is ever granted on a running job's partition: a commit is fenced.
         assert_eq!(
             store
                 .commit_partition(&running, 0, 1, &output)
                 .await
                 .unwrap(),
-            ReduceCommitOutcome::NotReducing(JobState::Running)
+            ReduceCommitOutcome::Fenced
         );
 
         let spec = reducing_job(store, "j", 2).await;
-        let LeaseOutcome::Acquired(token) = store.acquire_lease("j", 0, LEASE).await.unwrap()
+        let LeaseOutcome::Acquired(token) = store.acquire_lease(&spec, 0, LEASE).await.unwrap()
         else {
             panic!("a free lease is granted");
         };
@@ -519,11 +595,13 @@ mod tests {
         );
         let job = store.keys.job("j");
         assert!(
-            !test.exists(&job.partition_data(0)).await,
+            !test.exists(&job.partition(0, spec.partitions).data()).await,
             "partials deleted"
         );
         assert!(
-            !test.exists(&job.partition_lease(0)).await,
+            !test
+                .exists(&job.partition(0, spec.partitions).lease())
+                .await,
             "lease released"
         );
         assert_eq!(
@@ -531,7 +609,7 @@ mod tests {
             JobState::Reducing
         );
 
-        let LeaseOutcome::Acquired(token) = store.acquire_lease("j", 1, LEASE).await.unwrap()
+        let LeaseOutcome::Acquired(token) = store.acquire_lease(&spec, 1, LEASE).await.unwrap()
         else {
             panic!("a free lease is granted");
         };
@@ -556,14 +634,14 @@ mod tests {
             vec![Some(output.lines.clone()), Some(last.lines.clone())]
         );
         assert!(!test.exists(&job.chunks_done()).await);
-        assert!(!test.exists(&job.partition_data(1)).await);
+        assert!(!test.exists(&job.partition(1, spec.partitions).data()).await);
         for kept in [
             job.meta(),
             job.counters(),
             job.partitions_reduced(),
             job.stats(),
-            job.partition_result(0),
-            job.partition_result(1),
+            job.partition(0, spec.partitions).result(),
+            job.partition(1, spec.partitions).result(),
         ] {
             let ttl = test.ttl(&kept).await;
             assert!((1..=60).contains(&ttl), "{kept} has TTL {ttl}");
@@ -602,7 +680,7 @@ mod tests {
             start.partials,
             vec![(0, b"p1".to_vec()), (1, b"p1".to_vec())]
         );
-        let lease = store.keys.job("j").partition_lease(1);
+        let lease = store.keys.job("j").partition(1, spec.partitions).lease();
         let held: String = test.raw(redis::cmd("GET").arg(&lease)).await;
         assert_eq!(held, start.token.to_string());
         assert!(matches!(
@@ -624,7 +702,7 @@ mod tests {
         );
 
         // Partials Redis lost are visible in the reply, read atomically with the lease.
-        let data = store.keys.job("j").partition_data(0);
+        let data = store.keys.job("j").partition(0, spec.partitions).data();
         let _: i64 = test.raw(redis::cmd("HDEL").arg(&data).arg("1")).await;
         let BeginReduce::Acquired(start) = store.begin_reduce("j", 0, LEASE).await.unwrap() else {
             panic!("a reducing job's free partition is granted");
@@ -662,7 +740,7 @@ mod tests {
             republished_ms: 0,
         };
         assert_eq!(
-            store.lease_facts("j", 3).await.unwrap(),
+            store.lease_facts(&spec).await.unwrap(),
             vec![no_lease(0), no_lease(1), no_lease(2)],
             "tasks waiting in the queue have no grant"
         );
@@ -687,9 +765,9 @@ mod tests {
         );
         let job = store.keys.job("j");
         let _: i64 = test
-            .raw(redis::cmd("DEL").arg(job.partition_lease(1)))
+            .raw(redis::cmd("DEL").arg(job.partition(1, spec.partitions).lease()))
             .await;
-        let facts = store.lease_facts("j", 3).await.unwrap();
+        let facts = store.lease_facts(&spec).await.unwrap();
         assert_eq!(
             facts,
             vec![
@@ -723,39 +801,39 @@ mod tests {
         let candidates = [(0, held.token), (1, expired.token), (2, reduced.token)];
         assert_eq!(
             store
-                .claim_lease_republish("j", &candidates, AGAIN)
+                .claim_lease_republish(&spec, &candidates, AGAIN)
                 .await
                 .unwrap(),
             vec![1]
         );
         assert!(store
-            .claim_lease_republish("j", &candidates, AGAIN)
+            .claim_lease_republish(&spec, &candidates, AGAIN)
             .await
             .unwrap()
             .is_empty());
-        let facts = &store.lease_facts("j", 3).await.unwrap()[1];
+        let facts = &store.lease_facts(&spec).await.unwrap()[1];
         assert_eq!(facts.republished, Some(expired.token));
         assert!(facts.republished_ms > 0);
         // No new grant came for a while: claimed again.
         assert_eq!(
             store
-                .claim_lease_republish("j", &[(1, expired.token)], Duration::ZERO)
+                .claim_lease_republish(&spec, &[(1, expired.token)], Duration::ZERO)
                 .await
                 .unwrap(),
             vec![1]
         );
         // A claim given back (its publish failed) is claimed again.
-        store.release_lease_republish("j", 1).await.unwrap();
+        store.release_lease_republish(&spec, 1).await.unwrap();
         assert_eq!(
             store
-                .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
+                .claim_lease_republish(&spec, &[(1, expired.token)], AGAIN)
                 .await
                 .unwrap(),
             vec![1]
         );
         // A stale token (a newer grant exists) is not claimed.
         assert!(store
-            .claim_lease_republish("j", &[(1, expired.token - 1)], Duration::ZERO)
+            .claim_lease_republish(&spec, &[(1, expired.token - 1)], Duration::ZERO)
             .await
             .unwrap()
             .is_empty());
@@ -764,18 +842,95 @@ mod tests {
             .end_job(&spec, JobState::Failed, "stop")
             .await
             .unwrap();
-        store.release_lease_republish("j", 1).await.unwrap();
+        store.release_lease_republish(&spec, 1).await.unwrap();
         assert!(store
-            .claim_lease_republish("j", &[(1, expired.token)], AGAIN)
+            .claim_lease_republish(&spec, &[(1, expired.token)], AGAIN)
             .await
             .unwrap()
             .is_empty());
+        let gone = super::super::test_support::spec("gone", 3);
         assert!(store
-            .claim_lease_republish("gone", &[(0, 1)], Duration::ZERO)
+            .claim_lease_republish(&gone, &[(0, 1)], Duration::ZERO)
             .await
             .unwrap()
             .is_empty());
-        store.release_lease_republish("gone", 0).await.unwrap();
+        store.release_lease_republish(&gone, 0).await.unwrap();
         assert!(!test.exists(&store.keys.job("gone").meta()).await);
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_partition_step_and_the_job_step_is_finished_by_the_redelivery() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = reducing_job(store, "j", 2).await;
+        let BeginReduce::Acquired(start) = store.begin_reduce("j", 0, LEASE).await.unwrap() else {
+            panic!("a free lease is granted");
+        };
+        let output = reduce_output("a\t1\nb\t2\n");
+        assert_eq!(
+            store
+                .commit_partition(&spec, 0, start.token, &output)
+                .await
+                .unwrap(),
+            ReduceCommitOutcome::Reduced
+        );
+        // Undo the job step, as if the reducer died between the two steps.
+        let job = store.keys.job("j");
+        let _: i64 = test
+            .raw(redis::cmd("SREM").arg(job.partitions_reduced()).arg(0))
+            .await;
+        let _: i64 = test
+            .raw(
+                redis::cmd("HINCRBY")
+                    .arg(job.counters())
+                    .arg("output_records")
+                    .arg(-2),
+            )
+            .await;
+        // The redelivery finds the result stored and runs the job step alone, with the
+        // record count the partition step kept.
+        assert_eq!(
+            store.begin_reduce("j", 0, LEASE).await.unwrap(),
+            BeginReduce::Finished(ReduceCommitOutcome::Reduced)
+        );
+        assert!(store.is_reduced("j", 0).await.unwrap());
+        let status = store.status("j").await.unwrap().unwrap();
+        assert_eq!(status.counters.get("output_records"), Some(&2));
+        assert_eq!(
+            store.begin_reduce("j", 0, LEASE).await.unwrap(),
+            BeginReduce::AlreadyReduced
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reducing_partition_whose_record_vanished_is_lost() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let spec = reducing_job(store, "j", 2).await;
+        let keys = store.keys.job("j").partition(1, spec.partitions);
+        let _: i64 = test
+            .raw(redis::cmd("DEL").arg(keys.record()).arg(keys.data()))
+            .await;
+        let begun = store.begin_reduce("j", 1, LEASE).await.unwrap();
+        assert!(
+            matches!(&begun, BeginReduce::Lost { what, spec: lost } if what.contains("partition 1") && *lost == spec),
+            "{begun:?}"
+        );
+        assert!(
+            !test.exists(&keys.lease()).await,
+            "no lease on a lost partition"
+        );
+        assert_eq!(
+            store
+                .commit_partition(&spec, 1, 1, &reduce_output("x\t1\n"))
+                .await
+                .unwrap(),
+            ReduceCommitOutcome::Lost(lost_partition(1))
+        );
+        assert!(!test.exists(&keys.result()).await, "nothing stored");
     }
 }

@@ -61,6 +61,27 @@ impl TestStore {
     pub async fn exists(&self, key: &str) -> bool {
         self.raw(redis::cmd("EXISTS").arg(key)).await
     }
+
+    /// A partition's partials (sorted by chunk id) and the count of outputs the job steps
+    /// recorded for it.
+    pub async fn partials(&self, spec: &JobSpec, partition: u32) -> (Vec<(u64, Vec<u8>)>, u64) {
+        let job = self.store.keys.job(&spec.id);
+        let data = job.partition(partition, spec.partitions).data();
+        let entries: Vec<(String, Vec<u8>)> = self.raw(redis::cmd("HGETALL").arg(data)).await;
+        let mut entries: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(chunk, partial)| (chunk.parse().unwrap(), partial))
+            .collect();
+        entries.sort();
+        let committed: Option<u64> = self
+            .raw(
+                redis::cmd("HGET")
+                    .arg(job.meta())
+                    .arg(format!("outputs:{partition}")),
+            )
+            .await;
+        (entries, committed.unwrap_or(0))
+    }
 }
 
 impl Drop for TestStore {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use deadpool_redis::redis::{self, Value};
+use deadpool_redis::redis;
 use serde::Serialize;
 
 use super::{parse_spec, parse_state, parse_u64, Store, StoreError};
@@ -28,6 +28,18 @@ pub struct PartitionProgress {
     /// Chunk outputs committed to this partition (all of them once reduced).
     pub chunks_committed: u64,
     pub reduced: bool,
+}
+
+/// What [`Store::job_progress`] reads of a job's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobProgress {
+    pub state: JobState,
+    /// The sealed total of chunks, once sealed.
+    pub total: Option<u64>,
+    /// The producer's last heartbeat, or the job's creation (ms since the epoch).
+    pub last_seen_ms: u64,
+    /// The partitions of an ended job were closed (`Store::close_partitions`).
+    pub partitions_closed: bool,
 }
 
 impl Store {
@@ -71,28 +83,37 @@ impl Store {
         Ok(live.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// A job's state, sealed total and last producer heartbeat (its creation time before the
-    /// first heartbeat), in one round trip.
-    pub async fn job_progress(
-        &self,
-        job_id: &str,
-    ) -> Result<Option<(JobState, Option<u64>, u64)>, StoreError> {
-        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
-        let (state, total, seen, created): Fields = self
+    /// A job's state, sealed total, last producer heartbeat (its creation time before the
+    /// first heartbeat) and whether its partitions were closed after it ended, in one round
+    /// trip.
+    pub async fn job_progress(&self, job_id: &str) -> Result<Option<JobProgress>, StoreError> {
+        type Fields = (
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+        );
+        let (state, total, seen, created, closed): Fields = self
             .invoke(
                 redis::cmd("HMGET")
                     .arg(self.keys.job(job_id).meta())
                     .arg("state")
                     .arg("total")
                     .arg("producer_seen_ms")
-                    .arg("created_ms"),
+                    .arg("created_ms")
+                    .arg("partitions_closed"),
             )
             .await?;
         let Some(state) = state else {
             return Ok(None);
         };
-        let state = parse_state(job_id, Some(&state))?;
-        Ok(Some((state, total, seen.or(created).unwrap_or(0))))
+        Ok(Some(JobProgress {
+            state: parse_state(job_id, Some(&state))?,
+            total,
+            last_seen_ms: seen.or(created).unwrap_or(0),
+            partitions_closed: closed.is_some(),
+        }))
     }
 
     /// The job's state and progress, or `None` if it does not exist.
@@ -181,21 +202,15 @@ impl Store {
     ) -> Result<Vec<PartitionProgress>, StoreError> {
         let job = self.keys.job(&status.spec.id);
         let partitions = status.spec.partitions;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(job.partitions_reduced());
-        for partition in 0..partitions {
-            pipe.cmd("HLEN").arg(job.partition_data(partition));
-        }
-        let mut reply: Vec<Value> = self.invoke(&pipe).await?;
-        let lengths: Vec<u64> = reply
-            .split_off(1.min(reply.len()))
-            .into_iter()
-            .map(|v| redis::from_redis_value(v).unwrap_or(0))
-            .collect();
-        let reduced: Vec<String> = reply
-            .pop()
-            .and_then(|v| redis::from_redis_value(v).ok())
-            .unwrap_or_default();
+        let reduced: Vec<String> = self
+            .invoke(redis::cmd("SMEMBERS").arg(job.partitions_reduced()))
+            .await?;
+        // Each partition is in its own slot: one request each, concurrently.
+        let lengths = futures_util::future::try_join_all((0..partitions).map(|partition| {
+            let data = job.partition(partition, partitions).data();
+            async move { self.invoke::<u64>(redis::cmd("HLEN").arg(data)).await }
+        }))
+        .await?;
         let total = status.total_chunks.unwrap_or(status.chunks_committed);
         Ok((0..partitions)
             .map(|partition| {
@@ -224,11 +239,24 @@ impl Store {
             return Ok(Vec::new());
         }
         let job = self.keys.job(job_id);
-        let mut pipe = redis::pipe();
-        for partition in 0..partitions {
-            pipe.cmd("GET").arg(job.partition_result(partition));
-        }
-        self.invoke(&pipe).await
+        // Each partition is in its own slot: one request each, concurrently.
+        futures_util::future::try_join_all((0..partitions).map(|partition| {
+            let result = job.partition(partition, partitions).result();
+            async move { self.invoke(redis::cmd("GET").arg(result)).await }
+        }))
+        .await
+    }
+
+    /// A job's state, or `None` if its record does not exist.
+    pub async fn job_state(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+        let state: Option<String> = self
+            .invoke(
+                redis::cmd("HGET")
+                    .arg(self.keys.job(job_id).meta())
+                    .arg("state"),
+            )
+            .await?;
+        state.map(|s| parse_state(job_id, Some(&s))).transpose()
     }
 }
 
@@ -300,7 +328,7 @@ mod tests {
             .unwrap();
         store.seal_job("j", 2).await.unwrap();
         let LeaseOutcome::Acquired(token) = store
-            .acquire_lease("j", 1, Duration::from_secs(30))
+            .acquire_lease(&spec, 1, Duration::from_secs(30))
             .await
             .unwrap()
         else {

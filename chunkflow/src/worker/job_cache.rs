@@ -64,8 +64,8 @@ impl JobCache {
                 return Ok(Loaded::Job(job.clone()));
             }
             return match store.job_progress(job_id).await? {
-                Some((state, _, _)) => {
-                    job.state = state;
+                Some(progress) => {
+                    job.state = progress.state;
                     job.checked = Instant::now();
                     Ok(Loaded::Job(job.clone()))
                 }

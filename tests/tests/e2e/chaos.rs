@@ -574,7 +574,7 @@ fn evicted_keys_fail_the_job_instead_of_a_wrong_result() {
     });
     let keys = chunkflow::store::keys::Keys::new(&cluster.namespace).job(&job);
     let _: i64 = redis::cmd("DEL")
-        .arg(keys.partition_data(1))
+        .arg(keys.partition(1, 3).data())
         .query(&mut redis())
         .unwrap();
     cluster.reducer(&[]);

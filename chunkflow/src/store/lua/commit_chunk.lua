@@ -1,24 +1,24 @@
 #!lua
--- The atomic, first-wins commit of one chunk (invariants 3, 5, 11): checks the job is
--- running, adds the chunk to the done set and, only if it was not there, writes its
--- partials and counters; the commit of the last chunk of a sealed job moves it to reducing.
--- KEYS: meta, done, counters, stats, map*P.
+-- A chunk's job step (invariants 3, 5, 11), after its partition steps wrote its partials:
+-- checks the job is running, adds the chunk to the done set and, only if it was not there,
+-- adds its counters and counts its non-empty outputs per partition (`outputs:P`); the job
+-- step of the last chunk of a sealed job moves it to reducing.
+-- KEYS: meta, done, counters, stats.
 -- ARGV[2..]: chunk, now_ms, redelivered (0/1), n_counters, (name, value) * n_counters,
---            partial_0 .. partial_P-1 (empty: nothing for that partition)
-local meta, done, counters, stats, map = K.meta, K.done, K.counters, K.stats, K.map
+--            then the partitions the chunk has a non-empty output for
+local meta, done, counters, stats = K.meta, K.done, K.counters, K.stats
 local chunk, now, redelivered = ARGV[2], ARGV[3], ARGV[4]
 local n_counters = tonumber(ARGV[5])
-local first_partial = 6 + 2 * n_counters
-if #ARGV ~= first_partial - 1 + map.n then
-  error('commit of chunk ' .. chunk .. ': ' .. #ARGV .. ' arguments do not fit ' ..
-    n_counters .. ' counters and ' .. map.n .. ' partitions')
-end
+local first_partition = 6 + 2 * n_counters
 local record = redis.call('HMGET', meta, 'state', 'total', 'partitions')
 local state, total = record[1], record[2]
 if not state then return {'missing'} end
-if tonumber(record[3]) ~= map.n then
-  error('the caller passed ' .. map.n .. ' partition keys but the job has ' ..
-    tostring(record[3]) .. ' partitions')
+local partitions = tonumber(record[3])
+for i = first_partition, #ARGV do
+  if tonumber(ARGV[i]) >= partitions then
+    error('commit of chunk ' .. chunk .. ': partition ' .. ARGV[i] .. ' is beyond the job\'s ' ..
+      partitions .. ' partitions')
+  end
 end
 if state == 'running' or state == 'reducing' then
   redis.call('HINCRBY', stats, 'deliveries', 1)
@@ -41,12 +41,8 @@ for i = 1, n_counters do
 end
 -- Only non-empty partials are stored (tiny chunks touch few partitions); the job record
 -- counts them per partition so a reducer can tell a lost hash from an empty one.
-for p = 0, map.n - 1 do
-  local partial = ARGV[first_partial + p]
-  if partial ~= '' then
-    redis.call('HSET', map[p], chunk, partial)
-    redis.call('HINCRBY', meta, 'outputs:' .. p, 1)
-  end
+for i = first_partition, #ARGV do
+  redis.call('HINCRBY', meta, 'outputs:' .. ARGV[i], 1)
 end
 redis.call('HSET', meta, 'updated_ms', now)
 if total and members == tonumber(total) then

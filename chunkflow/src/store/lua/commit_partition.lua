@@ -1,31 +1,22 @@
 #!lua
--- Stores a partition's result under a held lease (invariants 6, 9): unless the partition is
--- already reduced or the lease was taken over, stores the result, deletes the partition's
--- intermediate hash and marks it reduced; the last partition marks the job succeeded and
--- ends its data (end_job).
--- KEYS: the job's keys (Store::job_keys), lease.
--- ARGV[2..]: partition, result, records, ttl_secs, now_ms, token
-local lease = K.lease
-local partition_text, result, records = ARGV[2], ARGV[3], ARGV[4]
-local ttl, now, token = ARGV[5], ARGV[6], ARGV[7]
-local partition = tonumber(partition_text)
-local result_key, map_key = job.result[partition], job.map[partition]
-local state = redis.call('HGET', job.meta, 'state')
+-- A partition's result, stored under a held lease: the partition step of a reduce commit
+-- (invariants 6, 9). Unless the partition is reduced already or its lease was taken over,
+-- stores the result and its record count, deletes the intermediate hash and the lease,
+-- marks the partition reduced and puts the time to live on its keys. The job step
+-- (mark_reduced) follows; a reduced partition answers with its stored record count, so a
+-- redelivery can run a job step that a crash cut off.
+-- KEYS: part, lease, map, result. ARGV[2..]: result, records, ttl_secs, now_ms, token
+-- Replies: {'reduced'} | {'duplicate', records} | {'fenced'} | {'missing'} | {'closed'}
+local part, lease, map, result = K.part, K.lease, K.map, K.result
+local lines, records, ttl, now, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local state = redis.call('HGET', part, 'state')
 if not state then return {'missing'} end
-if state ~= 'reducing' then return {'not_reducing', state} end
-if redis.call('SISMEMBER', job.reduced, partition_text) == 1 then return {'duplicate'} end
+if state == 'reduced' then return {'duplicate', redis.call('HGET', part, 'records') or '0'} end
+if state ~= 'open' then return {state} end
 if redis.call('GET', lease) ~= token then return {'fenced'} end
-local partitions = tonumber(redis.call('HGET', job.meta, 'partitions'))
-check_partitions(partitions)
-redis.call('SET', result_key, result)
-redis.call('UNLINK', map_key)
-redis.call('SADD', job.reduced, partition_text)
+redis.call('SET', result, lines, 'EX', ttl)
+redis.call('UNLINK', map)
 redis.call('DEL', lease)
-redis.call('HINCRBY', job.counters, 'output_records', records)
-redis.call('HSET', job.meta, 'updated_ms', now)
-if redis.call('SCARD', job.reduced) == partitions then
-  redis.call('HSET', job.meta, 'state', 'succeeded', 'finished_ms', now)
-  end_job(tonumber(ttl))
-  return {'succeeded'}
-end
+redis.call('HSET', part, 'state', 'reduced', 'records', records, 'reduced_ms', now)
+redis.call('EXPIRE', part, ttl)
 return {'reduced'}
