@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end throughput benchmark (not a test: it asserts nothing about time).
 #
-#   scripts/bench.sh [full|tiny|scaling|memory|groupby|smoke|all]
+#   scripts/bench.sh [full|tiny|scaling|memory|groupby|capacity|smoke|all]
 #
 # full     wordcount over a generated corpus (BENCH_SIZE, default 256MiB): the local runner
 #          with 1 thread (the per-core baseline) and with all cores, then the pipeline
@@ -15,6 +15,10 @@
 # memory   producer peak RSS streaming 1 GiB and 4 GiB from standard input.
 # groupby  groupby over BENCH_GROUPBY_SIZE (default 100MiB) of generated transaction CSV,
 #          2 workers and 1 reducer, checked against the local runner.
+# capacity the figures of the README's capacity model: for wordcount over generated text and
+#          groupby over generated CSV (BENCH_CAPACITY_SIZE, default 64MiB), the chunks and
+#          the Redis memory the job's intermediate data takes once every chunk is committed
+#          (no reducer running yet: the peak), per MiB of input.
 # smoke    every mode on tiny inputs (CI runs it: it fails if a result differs from the
 #          local runner's).
 set -euo pipefail
@@ -173,12 +177,57 @@ run_groupby() {
   cleanup
 }
 
+# Bytes of Redis memory the namespace's keys take (MEMORY USAGE over a SCAN).
+namespace_bytes() {
+  redis-cli --scan --pattern "$CHUNKFLOW_NAMESPACE:*" |
+    while read -r key; do redis-cli memory usage "$key" samples 0; done |
+    awk '{ total += $1 } END { print total + 0 }'
+}
+
+# Runs one job with workers only, measures its intermediate data at its peak (every chunk
+# committed, nothing reduced), then lets a reducer finish it.
+capacity_of() { # label input [submit flags...]
+  local label=$1 data=$2 bytes job state chunks before after
+  shift 2
+  bytes=$(stat -c %s "$data")
+  before=$(namespace_bytes)
+  start_cluster 2 0
+  job=$("$bin/producer" submit "$@" -q "$data")
+  state=""
+  for _ in $(seq 1 3000); do
+    state=$("$bin/producer" status --json "$job" | sed -n 's/.*"state": *"\([a-z]*\)".*/\1/p' | head -n 1)
+    [ "$state" = reducing ] && break
+    sleep 0.1
+  done
+  [ "$state" = reducing ] || { echo "$label: the map phase did not complete (state $state)" >&2; exit 1; }
+  after=$(namespace_bytes)
+  chunks=$("$bin/producer" status --json "$job" | sed -n 's/.*"total_chunks": *\([0-9]*\).*/\1/p' | head -n 1)
+  awk -v l="$label" -v b="$bytes" -v c="$chunks" -v m="$((after - before))" 'BEGIN {
+    printf "%s: %.0f MiB input, %d chunks (= map tasks), intermediate data in Redis %.1f MiB = %.3f bytes per input byte\n",
+      l, b / 1048576, c, m / 1048576, m / b }'
+  start_cluster 0 1
+  "$bin/producer" watch "$job" >/dev/null 2>&1 || true
+  cleanup
+}
+
+run_capacity() {
+  local size="${BENCH_CAPACITY_SIZE:-64MiB}" text csv
+  echo "== capacity figures over $size (default 4 MiB chunks, 8 partitions)"
+  text=$(corpus "$size")
+  capacity_of "wordcount" "$text" --job wordcount
+  csv="$work/transactions-$size.csv"
+  [ -s "$csv" ] || "$bin/producer" generate csv --size "$size" --output "$csv"
+  capacity_of "groupby (country,category; count,sum,min,max,avg)" "$csv" --job groupby --format csv \
+    --key country,category --agg count --agg sum:amount --agg min:amount --agg max:amount --agg avg:amount
+}
+
 case "$mode" in
   full) run_full ;;
   tiny) run_tiny ;;
   scaling) run_scaling ;;
   memory) run_memory ;;
   groupby) run_groupby ;;
+  capacity) run_capacity ;;
   all) run_full; run_tiny; run_scaling; run_memory; run_groupby ;;
   smoke)
     BENCH_SIZE=2MiB run_full
@@ -186,6 +235,7 @@ case "$mode" in
     BENCH_MEMORY_SIZES=4MiB run_memory
     BENCH_SCALING_CHUNKS=8 BENCH_SCALING_WORKERS="1 2" run_scaling
     BENCH_GROUPBY_SIZE=1MiB run_groupby
+    BENCH_CAPACITY_SIZE=1MiB run_capacity
     ;;
-  *) echo "usage: $0 [full|tiny|scaling|memory|groupby|smoke|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [full|tiny|scaling|memory|groupby|capacity|smoke|all]" >&2; exit 2 ;;
 esac

@@ -243,9 +243,19 @@ fn scenario_12_frozen_worker_resumed_late_changes_nothing() {
     let frozen_metrics = cluster.metrics_addr(frozen);
     cluster.reducer(&[]);
     let (producer, job) = cluster.submit_background(&["-q"], &[&file]);
-    let map_queue = cluster.topology().map_queue();
-    wait_for("the worker to hold the chunk", LONG, || {
-        (cluster.queue_depth(&map_queue) == 0).then_some(())
+    // Frozen mid-map: once its attempt is recorded (start_attempt runs just before the
+    // 1.5 s map delay), not merely while the delivery sits in its prefetch buffer, where a
+    // freeze would let the broker requeue it before the handler ever saw it.
+    let attempts = chunkflow::store::keys::Keys::new(&cluster.namespace)
+        .job(&job)
+        .chunk_attempts();
+    wait_for("the worker to start mapping the chunk", LONG, || {
+        let started: Option<u64> = redis::cmd("HGET")
+            .arg(&attempts)
+            .arg(0)
+            .query(&mut redis())
+            .unwrap();
+        (started >= Some(1)).then_some(())
     });
     cluster.service(frozen).signal("STOP");
     let rescuer = cluster.worker(&[]);
