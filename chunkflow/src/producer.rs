@@ -341,12 +341,7 @@ impl Submission {
         let format = registry
             .build(&options.kind, &options.params)?
             .input_format();
-        let store = Store::connect(
-            &connection_args.redis_url,
-            &connection_args.namespace,
-            connection_args.redis_timeout,
-        )
-        .await?;
+        let store = Store::connect(connection_args).await?;
         let topology = Topology::for_connection(connection_args);
         let publisher = ReconnectingPublisher::connect(
             &connection_args.amqp_url,

@@ -122,7 +122,7 @@ impl Store {
             .key("done", job.chunks_done())
             .invocation(&SEAL_JOB);
         invocation.arg(total).arg(now_ms());
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "sealed" => SealOutcome::Sealed {
                 committed: parse_u64(job_id, reply.get(1))?,
@@ -155,7 +155,7 @@ impl Store {
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(state.as_str());
-        let reply: String = self.invoke(&invocation).await?;
+        let reply: String = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(reply == "ended")
     }
 

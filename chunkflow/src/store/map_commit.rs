@@ -102,7 +102,7 @@ impl Store {
             let partial: &[u8] = output.partials.get(partition).map_or(&[], Vec::as_slice);
             invocation.arg(partial);
         }
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "committed" => CommitOutcome::Committed,
             "completed" => CommitOutcome::Completed,
@@ -168,7 +168,7 @@ impl Store {
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(JobState::Failed.as_str());
-        let reply: String = self.invoke(&invocation).await?;
+        let reply: String = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(reply == "ended")
     }
 

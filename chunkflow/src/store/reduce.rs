@@ -234,7 +234,7 @@ impl Store {
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(token);
-        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let reply: Vec<String> = self.invoke_replicated(&invocation, &job.meta()).await?;
         Ok(match reply_tag(&reply) {
             "reduced" => ReduceCommitOutcome::Reduced,
             "succeeded" => ReduceCommitOutcome::Succeeded,
