@@ -34,7 +34,7 @@ wait_until() {
 }
 
 cli() { local port=$1; shift; redis-cli -h 127.0.0.1 -p "$port" "$@"; }
-answers() { cli "$1" ping | grep -q PONG; }
+answers() { cli "$1" ping 2>/dev/null | grep -q PONG; }
 cluster_ok() { cli "$1" cluster info | grep -q 'cluster_state:ok'; }
 # every master of the cluster seen from PORT has a connected replica
 masters_replicated() {
