@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and end-to-end tests against the local RabbitMQ and Redis
-# (started here if installed but stopped). Extra arguments go to `cargo test`. Ends with
-# the chaos scenarios' summary lines and one line totalling every test binary.
+# (started here if installed but stopped) and against two throwaway Redis Clusters
+# (scripts/redis-cluster.sh, stopped again on exit). Extra arguments go to `cargo test`.
+# Ends with the chaos scenarios' summary lines and one line totalling every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
 ensure_chromium
+scripts/redis-cluster.sh up
+trap 'scripts/redis-cluster.sh down' EXIT
+eval "$(scripts/redis-cluster.sh env)"
 mkdir -p target
 rm -f target/chaos-report.txt
 log=target/test-output.txt

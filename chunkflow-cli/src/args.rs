@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chunkflow::config::{
-    parse_duration, parse_namespace, ConnectionConfig, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE,
-    DEFAULT_REDIS_URL,
+    parse_duration, parse_namespace, parse_redis_mode, ConnectionConfig, RedisMode,
+    DEFAULT_AMQP_URL, DEFAULT_NAMESPACE, DEFAULT_REDIS_URL,
 };
 use chunkflow::jobs::exec::{ExecRole, ExecSettings, Program};
 use chunkflow::size::ByteSize;
@@ -26,9 +26,30 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
     pub amqp_url: String,
 
-    /// Redis URL [default: redis://127.0.0.1:6379/0]
+    /// Redis URL, or several separated by commas: the seed nodes of one Redis Cluster
+    /// (any reachable one is enough to find the others; list a few in case one is down),
+    /// e.g. redis://10.0.0.1:7001,redis://10.0.0.2:7001 [default: redis://127.0.0.1:6379/0]
     #[arg(long, global = true, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_default_value = true, hide_env_values = true)]
     pub redis_url: String,
+
+    /// How to talk to Redis: `auto` asks the first URL that answers (`INFO cluster`) and
+    /// uses a cluster client on a Redis Cluster node; `standalone` or `cluster` say so, and
+    /// are checked against the server (a mismatch stops the process with exit code 2).
+    #[arg(long, global = true, env = "CHUNKFLOW_REDIS_MODE", default_value = "auto", value_parser = parse_redis_mode)]
+    pub redis_mode: RedisMode,
+
+    /// Replicas that must hold every commit (a chunk's, a partition's, a seal, a job's end)
+    /// before its task is acked: after the write, `WAIT N` for up to half of
+    /// --redis-timeout; fewer replicas in time is treated as a Redis outage (the task is
+    /// given back and retried, never acked). 0: do not wait (a failover may then lose the
+    /// last commits, and the job fails saying Redis lost its state).
+    #[arg(
+        long,
+        global = true,
+        env = "CHUNKFLOW_REDIS_MIN_REPLICAS",
+        default_value_t = 0
+    )]
+    pub redis_min_replicas: u32,
 
     /// Prefix of every queue name and Redis key: deployments (and tests) with different
     /// namespaces share one broker and one Redis without touching each other.
@@ -65,6 +86,8 @@ impl ConnectionArgs {
         ConnectionConfig {
             amqp_url: self.amqp_url.clone(),
             redis_url: self.redis_url.clone(),
+            redis_mode: self.redis_mode,
+            redis_min_replicas: self.redis_min_replicas,
             namespace: self.namespace.clone(),
             redis_timeout: self.redis_timeout,
             broker_timeout: self.broker_timeout,

@@ -23,7 +23,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +62,7 @@ pub enum DashboardError {
 
 struct Shared {
     store: Store,
-    redis: MultiplexedConnection,
+    redis: chunkflow::store::RedisConnection,
     keys: Keys,
     overview: RwLock<Value>,
 }
@@ -75,12 +74,7 @@ pub async fn run(
     on_listening: impl FnOnce(&str),
 ) -> Result<(), DashboardError> {
     let connection = &config.connection;
-    let store = Store::connect(
-        &connection.redis_url,
-        &connection.namespace,
-        connection.redis_timeout,
-    )
-    .await?;
+    let store = Store::connect(connection).await?;
     let redis = views::redis(connection).await?;
     let listener = http::bind(&config.listen)
         .await

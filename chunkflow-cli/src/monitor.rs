@@ -187,7 +187,7 @@ async fn run_heartbeat(
     let mut warned = false;
     loop {
         if conn.is_none() {
-            match chunkflow::store::connect_dedicated(&connection.redis_url, timeout).await {
+            match chunkflow::store::connect_dedicated(&connection, timeout).await {
                 Ok(opened) => conn = Some(opened),
                 Err(error) if !warned => {
                     tracing::warn!(error = %error, "heartbeat: Redis unavailable; will retry");

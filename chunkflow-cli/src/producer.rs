@@ -280,9 +280,11 @@ struct SubmitArgs {
     #[arg(long, env = "CHUNKFLOW_THREADS", default_value_t = default_threads())]
     threads: usize,
 
-    /// Number of partitions the keys are spread over (1 to 4096); each is reduced separately.
-    #[arg(long, env = "CHUNKFLOW_PARTITIONS", default_value_t = 8)]
-    partitions: u32,
+    /// Number of partitions the keys are spread over (1 to 4096); each is reduced separately
+    /// and, on a Redis Cluster, kept on the master owning its slot. [default: 8, or twice the
+    /// cluster's masters where there are more than 4]
+    #[arg(long, env = "CHUNKFLOW_PARTITIONS")]
+    partitions: Option<u32>,
 
     /// Target chunk size: chunks hold whole lines up to this many bytes (a longer line is a
     /// chunk of its own). Accepts bytes or units: 65536, 64KiB, 4MiB.
@@ -364,12 +366,17 @@ pub fn producer_main(registry: JobRegistry) -> ExitCode {
     }
 }
 
-/// The exit code of a failed command: 2 for a usage error, 1 for any other, and `None`
-/// (success) when standard output was closed by its reader.
+/// The exit code of a failed command: 2 for a usage error (Redis settings that do not fit
+/// the Redis found included: an invalid URL, a `--redis-mode` the server contradicts), 1 for
+/// any other, and `None` (success) when standard output was closed by its reader.
 fn failure_exit_code(error: &anyhow::Error) -> Option<u8> {
+    if let Some(store) = error.downcast_ref::<chunkflow::store::StoreError>() {
+        return Some(if store.is_configuration() { 2 } else { 1 });
+    }
     match error.downcast_ref::<ProducerError>() {
         Some(error) if error.is_closed_output() => None,
         Some(ProducerError::Usage(_)) => Some(2),
+        Some(ProducerError::Store(store)) if store.is_configuration() => Some(2),
         _ => Some(1),
     }
 }
@@ -384,12 +391,7 @@ fn print_out(text: &str) -> Result<(), ProducerError> {
 }
 
 async fn connect_store(connection: &ConnectionConfig) -> anyhow::Result<Store> {
-    Ok(Store::connect(
-        &connection.redis_url,
-        &connection.namespace,
-        connection.redis_timeout,
-    )
-    .await?)
+    Ok(Store::connect(connection).await?)
 }
 
 async fn run(cli: Cli, registry: JobRegistry) -> anyhow::Result<ExitCode> {
@@ -650,5 +652,16 @@ mod tests {
         // A broken pipe elsewhere (a lost connection) is a failure, not a closed output.
         let socket = anyhow::Error::from(Error::from(ErrorKind::BrokenPipe));
         assert_eq!(failure_exit_code(&socket), Some(1));
+        // Redis settings that do not fit the Redis found are usage errors.
+        use chunkflow::store::StoreError;
+        let mode = || StoreError::Mode {
+            url: "redis://h:7001".into(),
+            reason: "a cluster node".into(),
+        };
+        assert_eq!(failure_exit_code(&anyhow::Error::from(mode())), Some(2));
+        let wrapped = anyhow::Error::from(ProducerError::Store(mode()));
+        assert_eq!(failure_exit_code(&wrapped), Some(2));
+        let taken = anyhow::Error::from(StoreError::JobExists("j".into()));
+        assert_eq!(failure_exit_code(&taken), Some(1));
     }
 }

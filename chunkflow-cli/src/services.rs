@@ -122,10 +122,22 @@ where
             Err(error) => {
                 tracing::error!(error = %error, role, "stopped on an error");
                 eprintln!("error: {error}");
-                ExitCode::FAILURE
+                service_exit_code(&error)
             }
         }
     })
+}
+
+/// The exit code of a service that stopped on `error`: 2 when its Redis settings do not
+/// fit the Redis found (an invalid URL, a `--redis-mode` the server contradicts: fix the
+/// settings, restarting will not help), 1 otherwise.
+fn service_exit_code(error: &chunkflow::broker::consumer::ServiceError) -> ExitCode {
+    match error {
+        chunkflow::broker::consumer::ServiceError::Store(store) if store.is_configuration() => {
+            ExitCode::from(2)
+        }
+        _ => ExitCode::FAILURE,
+    }
 }
 
 /// The `worker` binary over `registry`.

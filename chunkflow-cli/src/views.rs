@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use url::Url;
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -24,8 +23,8 @@ use chunkflow::config::{redact_url, ConnectionConfig};
 use chunkflow::job::{now_ms, JobState, JobStatus};
 use chunkflow::size::human_bytes;
 use chunkflow::store::presence::ServiceRecord;
-use chunkflow::store::StoreError;
 pub use chunkflow::store::{Failure, PartitionProgress};
+use chunkflow::store::{RedisConnection, StoreError};
 
 /// Overall progress in [0, 1]: chunks committed and partitions reduced over their totals;
 /// `None` while the total number of chunks is not known yet (still publishing).
@@ -522,9 +521,9 @@ pub fn queues_text(report: &QueuesReport) -> String {
     text
 }
 
-/// A Redis connection for the views of heartbeat records.
-pub async fn redis(connection: &ConnectionConfig) -> Result<MultiplexedConnection, StoreError> {
-    chunkflow::store::connect_dedicated(&connection.redis_url, connection.redis_timeout).await
+/// A Redis connection for the views of heartbeat records (one server or a cluster).
+pub async fn redis(connection: &ConnectionConfig) -> Result<RedisConnection, StoreError> {
+    chunkflow::store::connect_dedicated(connection, connection.redis_timeout).await
 }
 
 /// The current time, for callers that render several views at one instant.

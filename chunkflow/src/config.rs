@@ -23,7 +23,14 @@ pub const DEFAULT_OUTAGE_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct ConnectionConfig {
     pub amqp_url: String,
+    /// One Redis URL, or several separated by commas: the seed nodes of one Redis Cluster
+    /// (see [`split_url_list`]).
     pub redis_url: String,
+    /// Whether Redis is one server or a cluster, or to ask it (`INFO cluster`).
+    pub redis_mode: RedisMode,
+    /// Replicas that must hold a write that must not be lost (a commit, a seal, a job's
+    /// end) before the delivery that made it is acked (`WAIT`); 0: do not wait.
+    pub redis_min_replicas: u32,
     /// Prefix of every queue name and Redis key (validated by [`parse_namespace`]).
     pub namespace: String,
     /// How long to wait for one Redis reply before giving up.
@@ -42,6 +49,8 @@ impl std::fmt::Debug for ConnectionConfig {
         f.debug_struct("ConnectionConfig")
             .field("amqp_url", &redact_url(&self.amqp_url))
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_mode", &self.redis_mode)
+            .field("redis_min_replicas", &self.redis_min_replicas)
             .field("namespace", &self.namespace)
             .field("redis_timeout", &self.redis_timeout)
             .field("broker_timeout", &self.broker_timeout)
@@ -56,12 +65,88 @@ impl ConnectionConfig {
         ConnectionConfig {
             amqp_url: DEFAULT_AMQP_URL.to_string(),
             redis_url: DEFAULT_REDIS_URL.to_string(),
+            redis_mode: RedisMode::Auto,
+            redis_min_replicas: 0,
             namespace: namespace.to_string(),
             redis_timeout: Duration::from_secs(30),
             broker_timeout: Duration::from_secs(30),
             outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
         }
     }
+}
+
+/// How chunkflow talks to Redis: to one server, or to a Redis Cluster through a cluster
+/// client (which follows slots to their masters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// Ask the server (`INFO cluster`: `cluster_enabled:1` means a cluster node).
+    #[default]
+    Auto,
+    Standalone,
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Auto => "auto",
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
+impl std::fmt::Display for RedisMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Redis mode people wrote that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a Redis mode: use auto, standalone or cluster")]
+pub struct InvalidRedisMode(pub String);
+
+/// Parses `auto`, `standalone` or `cluster`.
+pub fn parse_redis_mode(text: &str) -> Result<RedisMode, InvalidRedisMode> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(RedisMode::Auto),
+        "standalone" => Ok(RedisMode::Standalone),
+        "cluster" => Ok(RedisMode::Cluster),
+        _ => Err(InvalidRedisMode(text.to_string())),
+    }
+}
+
+/// The URLs of a comma-separated list (`redis://a:7001,redis://b:7002`), trimmed. A comma
+/// separates two URLs only where the next one starts with a scheme (`name://`), so a
+/// comma inside one URL (a password, a query) does not cut it: the parser and the
+/// redaction of secrets read a list alike.
+pub fn split_url_list(list: &str) -> Vec<&str> {
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (comma, _) in list.match_indices(',') {
+        if comma < start {
+            continue;
+        }
+        if starts_with_scheme(list[comma + 1..].trim_start()) {
+            urls.push(list[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    urls.push(list[start..].trim());
+    urls
+}
+
+/// Whether `text` begins with `scheme://` (RFC 3986 scheme characters).
+fn starts_with_scheme(text: &str) -> bool {
+    let Some(end) = text.find("://") else {
+        return false;
+    };
+    let scheme = &text[..end];
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Query parameters whose value is a credential (`redis+unix:///sock?pass=...`).
@@ -81,8 +166,17 @@ const SECRET_PARAMETERS: &[&str] = &[
 /// Hides every credential a URL may carry, whether or not it parses: the password of its
 /// user info (`scheme://user:***@host`), the values of credential query parameters
 /// (`?pass=***`), and, in a string that is not `scheme://...` but has an `@` (a mistyped
-/// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`.
+/// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`. A
+/// comma-separated list of URLs ([`split_url_list`]) has each of its URLs redacted.
 pub fn redact_url(url: &str) -> String {
+    split_url_list(url)
+        .into_iter()
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let (rest, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     format!(
@@ -92,10 +186,20 @@ pub fn redact_url(url: &str) -> String {
     )
 }
 
-/// The credentials a URL carries, found as leniently as [`redact_url`] hides them: the
-/// password of its user info (everything before the last `@` when the string does not parse
-/// as `scheme://`) and the values of credential query parameters.
+/// The credentials a URL (or each URL of a list) carries, found as leniently as
+/// [`redact_url`] hides them: the password of its user info (everything before the last `@`
+/// when the string does not parse as `scheme://`) and the values of credential query
+/// parameters. Longest first, so a secret that contains another is replaced whole.
 fn url_secrets(url: &str) -> Vec<&str> {
+    let mut secrets: Vec<&str> = split_url_list(url)
+        .into_iter()
+        .flat_map(one_url_secrets)
+        .collect();
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    secrets
+}
+
+fn one_url_secrets(url: &str) -> Vec<&str> {
     let (rest, _fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     let mut secrets = Vec::new();
@@ -127,8 +231,6 @@ fn url_secrets(url: &str) -> Vec<&str> {
         }
     }
     secrets.retain(|secret| !secret.is_empty());
-    // Longest first, so a secret that contains another is replaced whole.
-    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
     secrets
 }
 
@@ -136,6 +238,11 @@ fn url_secrets(url: &str) -> Vec<&str> {
 /// redacted and every credential of the URL replaced by `***`, wherever it appears.
 pub fn redact_within(text: &str, url: &str) -> String {
     let mut text = text.replace(url, &redact_url(url));
+    for one in split_url_list(url) {
+        if !one.is_empty() {
+            text = text.replace(one, &redact_one_url(one));
+        }
+    }
     for secret in url_secrets(url) {
         text = text.replace(secret, "***");
     }
@@ -309,6 +416,57 @@ mod tests {
             assert_eq!(redacted, shown, "{url}");
             assert!(!redacted.contains("PW"), "{url} -> {redacted}");
         }
+    }
+
+    #[test]
+    fn url_lists_split_only_before_a_scheme() {
+        assert_eq!(split_url_list("redis://h/0"), vec!["redis://h/0"]);
+        assert_eq!(
+            split_url_list("redis://a:7001, redis://b:7002,rediss://c:7003"),
+            vec!["redis://a:7001", "redis://b:7002", "rediss://c:7003"]
+        );
+        // A comma inside a password or a query does not cut the URL.
+        assert_eq!(
+            split_url_list("redis://:p,w@a:1,redis://:x@b:2?x=1,2"),
+            vec!["redis://:p,w@a:1", "redis://:x@b:2?x=1,2"]
+        );
+        assert_eq!(split_url_list(""), vec![""]);
+    }
+
+    #[test]
+    fn redacts_every_url_of_a_list() {
+        let list = "redis://:PW1@a:7001,redis://u:PW2@b:7002/0,redis://c:7003";
+        assert_eq!(
+            redact_url(list),
+            "redis://:***@a:7001,redis://u:***@b:7002/0,redis://c:7003"
+        );
+        let text = format!("cannot connect to {list} (and PW2 again, and p,w)");
+        let redacted = redact_within(&text, list);
+        assert!(
+            !redacted.contains("PW1") && !redacted.contains("PW2"),
+            "{redacted}"
+        );
+        let with_comma = "redis://:p,w@a:1,redis://b:2";
+        assert_eq!(redact_url(with_comma), "redis://:***@a:1,redis://b:2");
+        assert!(!redact_within("x p,w y", with_comma).contains("p,w"));
+        let config = ConnectionConfig {
+            redis_url: list.into(),
+            ..ConnectionConfig::local("ns")
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("PW1") && !shown.contains("PW2"), "{shown}");
+    }
+
+    #[test]
+    fn parses_redis_modes() {
+        assert_eq!(parse_redis_mode("auto"), Ok(RedisMode::Auto));
+        assert_eq!(parse_redis_mode("Cluster"), Ok(RedisMode::Cluster));
+        assert_eq!(parse_redis_mode("standalone"), Ok(RedisMode::Standalone));
+        assert_eq!(
+            parse_redis_mode("sentinel").unwrap_err().to_string(),
+            "`sentinel` is not a Redis mode: use auto, standalone or cluster"
+        );
+        assert_eq!(RedisMode::default(), RedisMode::Auto);
     }
 
     #[test]

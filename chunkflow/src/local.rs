@@ -67,7 +67,10 @@ pub fn run_local(
     let sources = expand_inputs(&options.inputs)?;
     let job: Arc<dyn Job> = registry.build(&options.kind, &options.params)?;
     let threads = threads.max(1);
-    let partitions = options.partitions.max(1);
+    let partitions = options
+        .partitions
+        .unwrap_or(crate::producer::DEFAULT_PARTITIONS)
+        .max(1);
     let format = job.input_format();
     let per_partition: Mutex<Vec<Partials>> = Mutex::new(vec![Vec::new(); partitions as usize]);
     let counters: Mutex<BTreeMap<String, u64>> = Mutex::default();

@@ -44,6 +44,17 @@ use crate::store::{SealOutcome, Store, StoreError};
 
 /// Largest accepted `--partitions`.
 pub const MAX_PARTITIONS: u32 = 4096;
+/// Partitions of a job submitted without `--partitions` to a single Redis or a small
+/// cluster.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+
+/// The partitions of a job submitted without `--partitions` to Redis with `masters`
+/// masters: enough for every master to hold a share of the job's data (ARCHITECTURE.md,
+/// invariant 4): 8, or twice the masters where there are more than 4.
+pub fn default_partitions(masters: usize) -> u32 {
+    let twice = u32::try_from(masters.saturating_mul(2)).unwrap_or(MAX_PARTITIONS);
+    twice.clamp(DEFAULT_PARTITIONS, MAX_PARTITIONS)
+}
 /// Largest accepted `--chunk-size` and `--max-record-size`: a chunk must fit in one message.
 pub const MAX_CHUNK_BYTES: u64 = 100 * 1024 * 1024;
 /// How long the producer waits for a full map queue to drain at all before giving up.
@@ -54,7 +65,8 @@ pub const QUEUE_ROOM_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub struct SubmitOptions {
     pub kind: String,
     pub params: serde_json::Value,
-    pub partitions: u32,
+    /// `None`: [`default_partitions`] for the Redis the job runs on.
+    pub partitions: Option<u32>,
     pub chunk_size: u64,
     pub max_record_size: u64,
     pub inputs: Vec<String>,
@@ -200,10 +212,9 @@ impl From<PublishError> for ProducerError {
 impl SubmitOptions {
     /// Checks the sizes, partitions and job id.
     pub fn validate(&self) -> Result<(), ProducerError> {
-        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+        if let Some(partitions) = self.partitions.filter(|p| *p == 0 || *p > MAX_PARTITIONS) {
             return Err(ProducerError::Usage(format!(
-                "--partitions must be between 1 and {MAX_PARTITIONS}, got {}",
-                self.partitions
+                "--partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
             )));
         }
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_BYTES {
@@ -341,12 +352,7 @@ impl Submission {
         let format = registry
             .build(&options.kind, &options.params)?
             .input_format();
-        let store = Store::connect(
-            &connection_args.redis_url,
-            &connection_args.namespace,
-            connection_args.redis_timeout,
-        )
-        .await?;
+        let store = Store::connect(connection_args).await?;
         let topology = Topology::for_connection(connection_args);
         let publisher = ReconnectingPublisher::connect(
             &connection_args.amqp_url,
@@ -364,7 +370,9 @@ impl Submission {
                 .unwrap_or_else(|| generate_job_id(&options.kind)),
             kind: options.kind.clone(),
             params: options.params.clone(),
-            partitions: options.partitions,
+            partitions: options
+                .partitions
+                .unwrap_or_else(|| default_partitions(store.masters())),
             chunk_size: options.chunk_size,
             max_record_size: options.max_record_size,
             created_ms: now_ms(),
@@ -890,6 +898,15 @@ mod tests {
         assert!(deleted(1).contains("after 1 chunk was published"));
         assert!(deleted(0).contains("failed before any chunk was published"));
         assert!(!deleted(675).contains("nothing was published"));
+    }
+
+    #[test]
+    fn the_default_partitions_give_every_master_a_share() {
+        assert_eq!(default_partitions(1), 8);
+        assert_eq!(default_partitions(3), 8);
+        assert_eq!(default_partitions(4), 8);
+        assert_eq!(default_partitions(6), 12);
+        assert_eq!(default_partitions(10_000), MAX_PARTITIONS);
     }
 
     #[test]

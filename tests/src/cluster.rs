@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chunkflow::broker::topology::Topology;
-use chunkflow::store::keys::Keys;
 
 use crate::binaries::{bin_dir, custom_bin_dir};
-use crate::services::{redis, wait_for, with_channel, AMQP_URL, REDIS_URL};
+use crate::redis_cluster;
+use crate::services::{wait_for, with_channel, AMQP_URL, REDIS_URL};
 
 /// How long a foreground `producer` command may run before the test fails.
 const PRODUCER_DEADLINE: Duration = Duration::from_secs(120);
@@ -111,9 +111,15 @@ impl Cluster {
         }
     }
 
-    /// Points every process this cluster starts at another Redis (a private one).
+    /// Points every process this cluster starts at another Redis (a private one, or the
+    /// seeds of a Redis Cluster); the namespace's keys are deleted there at the end.
     pub fn use_redis(&mut self, url: &str) {
         self.redis_url = url.to_string();
+    }
+
+    /// The `REDIS_URL` of the processes this cluster starts.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
     }
 
     pub fn command(&self, binary: &str) -> Command {
@@ -283,32 +289,26 @@ impl Cluster {
         Topology::new(&self.namespace)
     }
 
-    /// Every Redis key of the namespace.
+    /// Every Redis key of the namespace (on every master of a Redis Cluster).
     pub fn redis_keys(&self) -> Vec<String> {
-        let pattern = Keys::new(&self.namespace).namespace_pattern();
-        redis::cmd("KEYS")
-            .arg(pattern)
-            .query(&mut redis())
-            .expect("list the namespace's keys")
+        redis_cluster::namespace_keys(&self.redis_url, &self.namespace)
     }
 
-    /// Deletes every queue, exchange and key of the namespace.
+    /// Deletes every queue, exchange and key of the namespace (keys in the shared Redis).
     pub fn cleanup_namespace(namespace: &str) {
+        Cluster::cleanup_namespace_in(namespace, REDIS_URL);
+    }
+
+    /// Deletes every queue and exchange of the namespace, and its keys in the Redis that
+    /// `redis_url` names (one server, or every master of a Redis Cluster).
+    pub fn cleanup_namespace_in(namespace: &str, redis_url: &str) {
         let topology = Topology::new(namespace);
         with_channel(async |channel| {
             // Deleting a missing queue is fine in RabbitMQ 3.10, but keep going whatever
             // happens.
             let _ = topology.delete(channel).await;
         });
-        let pattern = Keys::new(namespace).namespace_pattern();
-        let mut conn = redis();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(pattern)
-            .query(&mut conn)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
+        redis_cluster::delete_namespace(redis_url, namespace);
     }
 }
 
@@ -326,7 +326,7 @@ impl Drop for Cluster {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-        Cluster::cleanup_namespace(&self.namespace);
+        Cluster::cleanup_namespace_in(&self.namespace, &self.redis_url);
     }
 }
 

@@ -12,6 +12,7 @@
 //! | [`binaries`] | building the binaries under test (with fault injection) into `target/e2e` |
 //! | [`services`] | the shared RabbitMQ and Redis: connections, `wait_for`, a private Redis |
 //! | [`cluster`] | one test's namespace, processes, scratch directory and cleanup |
+//! | [`redis_cluster`] | the test Redis Clusters: seeds, nodes, killing and restarting a node, a namespace's keys on every master |
 //! | [`monitor`] | the processes' monitor endpoints, metrics and `--json` views |
 //! | [`reference`](mod@reference) | inputs and independent sequential references of the jobs |
 //! | [`scenario`] | finishing a chaos scenario: compare with the reference, report a line |
@@ -22,6 +23,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod monitor;
+pub mod redis_cluster;
 pub mod reference;
 pub mod scenario;
 pub mod services;

@@ -22,6 +22,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Runs `future` to completion on the tests' runtime (from a test thread, not from inside
+/// a runtime).
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    runtime().block_on(future)
+}
+
 /// Runs `f` against a fresh broker channel.
 pub fn with_channel<T>(f: impl AsyncFnOnce(&lapin::Channel) -> T) -> T {
     runtime().block_on(async {

@@ -247,7 +247,7 @@ fn probe_failure(code: Option<&str>, error: &dyn std::fmt::Display) -> String {
 
 /// Whether Redis answers and accepts writes (a script that may write, but does not).
 async fn probe_redis(args: &ConnectionConfig) -> Result<(), String> {
-    let mut connection = crate::store::connect_dedicated(&args.redis_url, args.redis_timeout)
+    let mut connection = crate::store::connect_dedicated(args, args.redis_timeout)
         .await
         .map_err(|error| error.to_string())?;
     let _one: i64 = deadpool_redis::redis::cmd("EVAL")

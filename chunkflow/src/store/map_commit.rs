@@ -258,7 +258,7 @@ impl Store {
             .arg(spec.ttl_secs)
             .arg(now_ms())
             .arg(JobState::Failed.as_str());
-        let reply: String = self.invoke(&invocation).await?;
+        let reply: String = self.invoke_replicated(&invocation, &job.meta()).await?;
         let ended = reply == "ended";
         if ended {
             self.close_partitions(spec, true).await?;

@@ -15,33 +15,41 @@
 //! heartbeat), `map_commit` (a chunk's attempts, its commit and its error notes), `reduce` (leases,
 //! partials, a partition's commit, [`Store::begin_reduce`]), `views` (read-only: status, job
 //! lists, failures, partition progress, results); [`keys`] is the key schema and
-//! [`presence`] the heartbeat records. The Lua scripts live in `lua/`, one per file. This
-//! file holds what they share: the one Redis connection factory ([`RedisEndpoint`]), the
-//! pool, the one function every request goes through (`Store::invoke`), script loading and
-//! reply parsing.
+//! [`presence`] the heartbeat records. The Lua scripts live in `lua/`, one per file.
+//! [`connection`] is the one Redis connection factory ([`RedisEndpoint`]: one server or a
+//! Redis Cluster, seeds, mode, timeouts). This file holds what the rest share: the one
+//! function every request goes through (`Store::invoke`, and `Store::invoke_replicated` for
+//! writes that must not be lost), requests to every master, script loading and reply
+//! parsing.
+//!
+//! The same code runs on one Redis server and on a Redis Cluster: every request (command,
+//! pipeline or script) touches the keys of one slot, and what must visit every master
+//! (listing a namespace's keys, reading the eviction policy) goes through
+//! `Store::master_nodes`. With `--redis-min-replicas N`, a write that must not be lost is
+//! followed by `WAIT N` on the connection that carried it (on a cluster, the master of the
+//! written key's slot); fewer replicas in time is [`StoreError::NotReplicated`], an outage.
 //!
 //! Scripts never count key positions: the Rust side names every key it passes by role
 //! (`ScriptKeys`, sent as `ARGV[1]`), and `lua/_key_layout.lua` binds them by name and
 //! refuses a layout that disagrees with `KEYS`, before any write.
 //!
-//! Connections come from a deadpool pool with connect, response, wait and recycle timeouts.
-//! A connection whose request failed with a timeout or I/O error, or whose request was
+//! On one server, connections come from a deadpool pool with connect, response, wait and
+//! recycle timeouts. A connection whose request failed with a timeout or I/O error, or whose request was
 //! cancelled before its reply arrived, is detached from the pool and dropped, never reused:
-//! a reply may still be in flight on it (redis-rs issue 489).
+//! a reply may still be in flight on it (redis-rs issue 489). On a cluster, the cluster
+//! client multiplexes every request over its own connections to each node (with the same
+//! timeouts) and matches replies to requests itself; it is cloned per request.
 //!
 //! Must not: format a key (that is [`keys`]), decide what an outcome means for a delivery
 //! (that is the worker, the reducer and `protocol`), or recreate part of a job's state.
 
 use std::time::Duration;
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisError,
-    Script, ScriptInvocation,
-};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::{self, FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 use tokio_util::sync::CancellationToken;
 
+pub mod connection;
 pub mod keys;
 mod lifecycle;
 mod map_commit;
@@ -56,8 +64,11 @@ pub use map_commit::{AttemptStart, CommitOutcome};
 pub use reduce::{BeginReduce, LeaseFacts, LeaseOutcome, ReduceCommitOutcome, ReduceStart};
 pub use views::{Failure, JobProgress, PartitionProgress};
 
-use crate::config::{redact_url, ConnectionConfig};
+pub use connection::{connect_dedicated, RedisConnection, RedisEndpoint};
+
+use crate::config::ConnectionConfig;
 use crate::job::JobState;
+use connection::{Backend, MasterAddress};
 use keys::{JobKeys, Keys};
 
 /// A failure talking to Redis or a job record that makes no sense.
@@ -71,6 +82,14 @@ pub enum StoreError {
     Redis(#[from] RedisError),
     #[error("no Redis connection available: {0}")]
     Pool(String),
+    /// The settings do not fit the Redis found (a cluster node with `--redis-mode
+    /// standalone`, several URLs for one server...): retrying cannot help.
+    #[error("Redis at {url}: {reason}")]
+    Mode { url: String, reason: String },
+    /// A write that must not be lost reached fewer replicas than `--redis-min-replicas` in
+    /// time: the delivery is given back, not acked.
+    #[error("a write reached {acknowledged} Redis replica(s) in time, fewer than the {wanted} of --redis-min-replicas; is a replica down or lagging?")]
+    NotReplicated { wanted: u32, acknowledged: u32 },
     #[error("a job with id `{0}` already exists in this namespace; choose another --job-id")]
     JobExists(String),
     #[error("job `{job}` has a corrupt record in Redis: {what}")]
@@ -82,18 +101,38 @@ impl StoreError {
     /// unreachable, not answering in time, still loading its data, or out of memory. Such
     /// an error is waited out (the consume loop stops consuming until Redis answers) and
     /// costs no attempt.
+    ///
+    /// On a cluster, a cluster that is down (`CLUSTERDOWN`: a master without a replica to
+    /// take over), a slot being moved or failed over (`TRYAGAIN`), no connection to the node
+    /// of a slot, and a write that reached too few replicas are outages too.
     pub fn is_outage(&self) -> bool {
         match self {
-            StoreError::Connect { .. } | StoreError::Pool(_) => true,
+            StoreError::Connect { .. } | StoreError::Pool(_) | StoreError::NotReplicated { .. } => {
+                true
+            }
             StoreError::Redis(error) => {
                 error.is_io_error()
                     || error.is_timeout()
                     || error.is_connection_refusal()
                     || error.is_connection_dropped()
-                    || matches!(error.code(), Some("OOM" | "LOADING" | "MASTERDOWN"))
+                    || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+                    || matches!(
+                        error.code(),
+                        Some("OOM" | "LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN")
+                    )
             }
             _ => false,
         }
+    }
+
+    /// Whether the settings do not fit the Redis found (an invalid URL, a mode that does
+    /// not match the server): the process should stop and say so, not retry. The command
+    /// lines exit with code 2 on it.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidUrl { .. } | StoreError::Mode { .. }
+        )
     }
 
     /// Whether Redis refused a write because it is out of memory (`maxmemory` reached
@@ -107,115 +146,42 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Connect { .. } | StoreError::Redis(_) | StoreError::Pool(_)
+            StoreError::Connect { .. }
+                | StoreError::Redis(_)
+                | StoreError::Pool(_)
+                | StoreError::NotReplicated { .. }
         )
     }
 }
 
-/// How long to wait for a TCP connection to Redis.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections in the pool.
-const POOL_SIZE: usize = 16;
 /// The longest pause between attempts of [`Store::connect_retrying`].
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Where Redis is and how long to wait for it: the one place a Redis connection is
-/// configured, for the pool and for dedicated connections alike. Its errors carry the URL
-/// with the password redacted.
-#[derive(Clone)]
-pub struct RedisEndpoint {
-    info: ConnectionInfo,
-    redacted_url: String,
-    response_timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEndpoint")
-            .field("url", &self.redacted_url)
-            .field("response_timeout", &self.response_timeout)
-            .finish()
-    }
-}
-
-impl RedisEndpoint {
-    /// Parses `url`; every request on its connections waits at most `response_timeout`.
-    pub fn parse(url: &str, response_timeout: Duration) -> Result<Self, StoreError> {
-        let redacted_url = redact_url(url);
-        let info = url
-            .into_connection_info()
-            .map_err(|source| StoreError::InvalidUrl {
-                url: redacted_url.clone(),
-                source,
-            })?;
-        Ok(RedisEndpoint {
-            info,
-            redacted_url,
-            response_timeout,
-        })
-    }
-
-    fn connection_config(&self) -> AsyncConnectionConfig {
-        AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(self.response_timeout))
-    }
-
-    fn connect_error(&self, source: RedisError) -> StoreError {
-        StoreError::Connect {
-            url: self.redacted_url.clone(),
-            source,
-        }
-    }
-
-    /// A dedicated (unpooled) connection, for heartbeats and listings.
-    pub async fn connect(&self) -> Result<MultiplexedConnection, StoreError> {
-        let client =
-            redis::Client::open(self.info.clone()).map_err(|source| StoreError::InvalidUrl {
-                url: self.redacted_url.clone(),
-                source,
-            })?;
-        client
-            .get_multiplexed_async_connection_with_config(&self.connection_config())
-            .await
-            .map_err(|source| self.connect_error(source))
-    }
-
-    fn pool(&self) -> Result<Pool, StoreError> {
-        let manager = Manager::new_with_config(self.info.clone(), self.connection_config())
-            .map_err(|source| StoreError::InvalidUrl {
-                url: self.redacted_url.clone(),
-                source,
-            })?;
-        Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(self.response_timeout))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))
-    }
-}
-
-/// A dedicated Redis connection for heartbeats and listings (see [`RedisEndpoint`]).
-pub async fn connect_dedicated(
-    url: &str,
-    response_timeout: Duration,
-) -> Result<MultiplexedConnection, StoreError> {
-    RedisEndpoint::parse(url, response_timeout)?.connect().await
-}
-
-/// Access to one namespace's job state in Redis.
+/// Access to one namespace's job state in Redis (one server or a cluster).
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    backend: Backend,
     keys: Keys,
+    /// `--redis-min-replicas`: replicas a write that must not be lost waits for.
+    min_replicas: u32,
+    /// The response timeout; a `WAIT` blocks at most half of it.
+    response_timeout: Duration,
+    /// Masters serving slots when the store connected (1 on one server).
+    masters: usize,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("keys", &self.keys).finish()
+        let mode = match self.backend {
+            Backend::Standalone(_) => "standalone",
+            Backend::Cluster(_) => "cluster",
+        };
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .field("mode", &mode)
+            .field("masters", &self.masters)
+            .field("min_replicas", &self.min_replicas)
+            .finish()
     }
 }
 
@@ -247,6 +213,37 @@ impl<'a> From<&'a redis::Pipeline> for Request<'a> {
 impl<'a> From<&'a ScriptInvocation<'a>> for Request<'a> {
     fn from(invocation: &'a ScriptInvocation<'a>) -> Self {
         Request::Script(invocation)
+    }
+}
+
+impl Request<'_> {
+    /// Sends the request on `conn` and reads its reply (a script by EVALSHA, loading it on
+    /// `NOSCRIPT`).
+    async fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> Result<T, RedisError> {
+        match self {
+            Request::Command(command) => command.query_async(conn).await,
+            Request::Pipeline(pipeline) => pipeline.query_async(conn).await,
+            Request::Script(invocation) => invocation.invoke_async(conn).await,
+        }
+    }
+}
+
+/// One master of the store's Redis: the one server, or a master of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MasterNode {
+    Standalone,
+    Cluster(MasterAddress),
+}
+
+impl std::fmt::Display for MasterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterNode::Standalone => f.write_str("redis"),
+            MasterNode::Cluster(address) => address.fmt(f),
+        }
     }
 }
 
@@ -286,19 +283,19 @@ fn poisons_connection(error: &RedisError) -> bool {
 }
 
 impl Store {
-    /// Opens a pool to Redis and checks that it answers.
-    pub async fn connect(
-        url: &str,
-        namespace: &str,
-        timeout: Duration,
-    ) -> Result<Store, StoreError> {
-        let endpoint = RedisEndpoint::parse(url, timeout)?;
-        let store = Store {
-            pool: endpoint.pool()?,
-            keys: Keys::new(namespace),
+    /// Connects to the Redis of `config` (one server through a pool, or a cluster through
+    /// a cluster client, per `--redis-mode`) and checks that it answers.
+    pub async fn connect(config: &ConnectionConfig) -> Result<Store, StoreError> {
+        let endpoint = RedisEndpoint::from_config(config)?;
+        let backend = endpoint.backend().await?;
+        let mut store = Store {
+            backend,
+            keys: Keys::new(&config.namespace),
+            min_replicas: config.redis_min_replicas,
+            response_timeout: endpoint.response_timeout(),
+            masters: 1,
         };
-        let pong: Result<String, StoreError> = store.invoke(&redis::cmd("PING")).await;
-        pong.map_err(|e| match e {
+        let as_connect_error = |e| match e {
             StoreError::Redis(source) => endpoint.connect_error(source),
             StoreError::Pool(text) => endpoint.connect_error(RedisError::from((
                 redis::ErrorKind::Io,
@@ -306,21 +303,32 @@ impl Store {
                 text,
             ))),
             other => other,
-        })?;
+        };
+        let _pong: String = store
+            .invoke(&redis::cmd("PING"))
+            .await
+            .map_err(as_connect_error)?;
+        store.masters = store
+            .master_nodes()
+            .await
+            .map_err(as_connect_error)?
+            .len()
+            .max(1);
         Ok(store)
     }
 
     /// Connects to Redis, retrying with capped exponential backoff until it answers;
-    /// `Ok(None)` if `shutdown` comes first. An invalid URL is an error at once.
+    /// `Ok(None)` if `shutdown` comes first. Settings that cannot work (an invalid URL, a
+    /// mode that does not fit the server) are an error at once.
     pub async fn connect_retrying(
         config: &ConnectionConfig,
         shutdown: &CancellationToken,
     ) -> Result<Option<Store>, StoreError> {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match Store::connect(&config.redis_url, &config.namespace, config.redis_timeout).await {
+            match Store::connect(config).await {
                 Ok(store) => return Ok(Some(store)),
-                Err(error @ StoreError::InvalidUrl { .. }) => return Err(error),
+                Err(error) if error.is_configuration() => return Err(error),
                 Err(error) => {
                     tracing::error!(error = %error, retry_in = ?backoff, "Redis unavailable");
                     tokio::select! {
@@ -337,47 +345,153 @@ impl Store {
         &self.keys
     }
 
-    /// Sends one request on a pooled connection and reads its reply: the only place a
-    /// connection is taken from the pool. The connection goes back to the pool only after a
-    /// reply (or an error reply) was read; see [`Borrowed`].
+    /// How many masters serve the slots: 1 on one server, the number of masters of a
+    /// cluster when the store connected (a job spreads its partitions over them).
+    pub fn masters(&self) -> usize {
+        self.masters
+    }
+
+    /// Sends one request and reads its reply: the only place a request reaches Redis. On
+    /// one server, the connection goes back to the pool only after a reply (or an error
+    /// reply) was read; see [`Borrowed`].
     async fn invoke<'a, T: FromRedisValue>(
         &self,
         request: impl Into<Request<'a>>,
     ) -> Result<T, StoreError> {
-        let conn = self.pool.get().await.map_err(|e| match e {
-            deadpool_redis::PoolError::Backend(e) => StoreError::Redis(e),
-            other => StoreError::Pool(other.to_string()),
-        })?;
-        let mut borrowed = Borrowed { conn: Some(conn) };
-        let reply: Result<T, RedisError> = match request.into() {
-            Request::Command(command) => command.query_async(borrowed.get()).await,
-            Request::Pipeline(pipeline) => pipeline.query_async(borrowed.get()).await,
-            Request::Script(invocation) => invocation.invoke_async(borrowed.get()).await,
-        };
-        match reply {
-            Ok(value) => {
-                borrowed.give_back();
-                Ok(value)
-            }
-            Err(error) => {
-                if !poisons_connection(&error) {
-                    borrowed.give_back();
-                }
-                Err(StoreError::Redis(error))
-            }
-        }
+        self.send(request.into(), None).await
     }
 
-    /// Sends a write that must not be lost (a commit step, a seal, a job's end).
-    // TODO(redis-cluster branch): WAIT for `--redis-min-replicas` on the node of
-    // `written_key`; this placeholder is replaced by that branch's version at the merge.
+    /// Sends a write that must not be lost (a commit step, a seal, a job's end) and, with
+    /// `--redis-min-replicas N` (N > 0), `WAIT`s until N replicas hold it, on the
+    /// connection that carried it: the same pooled connection on one server, the master of
+    /// `written_key`'s slot on a cluster. Fewer replicas in time is
+    /// [`StoreError::NotReplicated`], an outage: the caller must not ack.
     async fn invoke_replicated<'a, T: FromRedisValue>(
         &self,
         request: impl Into<Request<'a>>,
         written_key: &str,
     ) -> Result<T, StoreError> {
-        let _ = written_key;
-        self.invoke(request).await
+        self.send(request.into(), Some(written_key)).await
+    }
+
+    async fn send<T: FromRedisValue>(
+        &self,
+        request: Request<'_>,
+        written_key: Option<&str>,
+    ) -> Result<T, StoreError> {
+        let wait = written_key.filter(|_| self.min_replicas > 0).map(|key| {
+            (
+                key,
+                connection::wait_command(self.min_replicas, self.response_timeout),
+            )
+        });
+        match &self.backend {
+            Backend::Standalone(pool) => {
+                let conn = pool.get().await.map_err(|e| match e {
+                    deadpool_redis::PoolError::Backend(e) => StoreError::Redis(e),
+                    other => StoreError::Pool(other.to_string()),
+                })?;
+                let mut borrowed = Borrowed { conn: Some(conn) };
+                let mut reply: Result<T, RedisError> = request.send(borrowed.get()).await;
+                let mut acknowledged = None;
+                if let (Ok(_), Some((_, wait))) = (&reply, &wait) {
+                    match wait.query_async::<i64>(borrowed.get()).await {
+                        Ok(replicas) => acknowledged = Some(replicas),
+                        Err(error) => reply = Err(error),
+                    }
+                }
+                match reply {
+                    Ok(value) => {
+                        borrowed.give_back();
+                        if let Some(replicas) = acknowledged {
+                            connection::check_replicas(self.min_replicas, replicas)?;
+                        }
+                        Ok(value)
+                    }
+                    Err(error) => {
+                        if !poisons_connection(&error) {
+                            borrowed.give_back();
+                        }
+                        Err(StoreError::Redis(error))
+                    }
+                }
+            }
+            Backend::Cluster(conn) => {
+                let mut conn = conn.clone();
+                let value: T = request.send(&mut conn).await?;
+                if let Some((key, wait)) = wait {
+                    let reply = conn
+                        .route_command(wait, connection::route_to_master_of(key))
+                        .await?;
+                    let replicas: i64 = redis::from_redis_value(reply).map_err(RedisError::from)?;
+                    connection::check_replicas(self.min_replicas, replicas)?;
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    /// Every master serving slots: the one server, or each master of the cluster (asked
+    /// with `CLUSTER SLOTS`, so a failover since the store connected is seen).
+    async fn master_nodes(&self) -> Result<Vec<MasterNode>, StoreError> {
+        match &self.backend {
+            Backend::Standalone(_) => Ok(vec![MasterNode::Standalone]),
+            Backend::Cluster(conn) => {
+                let reply: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(connection::slot_masters(&reply)
+                    .into_iter()
+                    .map(MasterNode::Cluster)
+                    .collect())
+            }
+        }
+    }
+
+    /// Sends a command without keys (SCAN, CONFIG GET) to one master.
+    async fn invoke_on<T: FromRedisValue>(
+        &self,
+        master: &MasterNode,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        match (&self.backend, master) {
+            (Backend::Cluster(conn), MasterNode::Cluster(address)) => {
+                let reply = conn
+                    .clone()
+                    .route_command(command.clone(), connection::route_to_address(address))
+                    .await?;
+                Ok(redis::from_redis_value(reply).map_err(RedisError::from)?)
+            }
+            _ => self.invoke(command).await,
+        }
+    }
+
+    /// Every key of the namespace, on every master (`SCAN`, never `KEYS`), sorted: for
+    /// listings and for tests' cleanup. Keys may come and go during the scan.
+    pub async fn namespace_keys(&self) -> Result<Vec<String>, StoreError> {
+        let pattern = self.keys.namespace_pattern();
+        let mut keys = Vec::new();
+        for master in self.master_nodes().await? {
+            let mut cursor = 0_u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, batch): (u64, Vec<String>) = self.invoke_on(&master, &scan).await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// The keys a script that ends a job needs, by role (see `lua/_end_job.lua`): the job's
@@ -395,19 +509,26 @@ impl Store {
 
     /// Warns when Redis may evict keys of running jobs (`allkeys-*` eviction policies):
     /// jobs would then fail with lost state instead of completing.
+    /// On a cluster every master is asked.
     pub async fn warn_if_evicting(&self) {
         let mut command = redis::cmd("CONFIG");
         command.arg("GET").arg("maxmemory-policy");
-        let Ok(values) = self.invoke::<Vec<String>>(&command).await else {
+        let Ok(masters) = self.master_nodes().await else {
             return;
         };
-        if let Some(policy) = values.get(1) {
-            if policy.starts_with("allkeys") {
-                tracing::warn!(
-                    policy = %policy,
-                    "Redis maxmemory-policy may evict keys of running jobs; such jobs will fail \
-                     with lost state. Use noeviction (or volatile-*) for chunkflow's Redis"
-                );
+        for master in masters {
+            let Ok(values) = self.invoke_on::<Vec<String>>(&master, &command).await else {
+                continue;
+            };
+            if let Some(policy) = values.get(1) {
+                if policy.starts_with("allkeys") {
+                    tracing::warn!(
+                        policy = %policy,
+                        node = %master,
+                        "Redis maxmemory-policy may evict keys of running jobs; such jobs will fail \
+                         with lost state. Use noeviction (or volatile-*) for chunkflow's Redis"
+                    );
+                }
             }
         }
     }
@@ -510,8 +631,9 @@ fn unexpected_reply(job: &str, script: &str, tag: &str) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::TestStore;
+    use super::test_support::{self, TestStore};
     use super::*;
+    use crate::config::RedisMode;
 
     #[test]
     fn layouts_name_every_key_once() {
@@ -532,37 +654,67 @@ mod tests {
         assert!(text.contains("local function end_job"));
     }
 
+    fn config(url: &str, timeout: Duration) -> ConnectionConfig {
+        ConnectionConfig {
+            redis_url: url.into(),
+            redis_timeout: timeout,
+            ..ConnectionConfig::local("x")
+        }
+    }
+
     #[test]
     fn endpoints_redact_passwords_in_errors() {
-        let error = RedisEndpoint::parse("nonsense://:secret@h/0", Duration::from_secs(1))
-            .expect_err("an unknown scheme is refused");
+        let error = RedisEndpoint::parse(
+            "nonsense://:secret@h/0",
+            RedisMode::Auto,
+            Duration::from_secs(1),
+        )
+        .expect_err("an unknown scheme is refused");
         assert!(matches!(error, StoreError::InvalidUrl { .. }), "{error}");
+        assert!(error.is_configuration());
         assert!(!error.to_string().contains("secret"), "{error}");
-        let endpoint =
-            RedisEndpoint::parse("redis://:secret@127.0.0.1:1/0", Duration::from_secs(1))
-                .expect("a valid URL");
+        let endpoint = RedisEndpoint::parse(
+            "redis://:secret@127.0.0.1:1/0",
+            RedisMode::Auto,
+            Duration::from_secs(1),
+        )
+        .expect("a valid URL");
         assert!(!format!("{endpoint:?}").contains("secret"));
     }
 
     #[tokio::test]
     async fn unreachable_redis_is_a_transient_connect_error() {
-        let error = Store::connect("redis://127.0.0.1:1/0", "x", Duration::from_secs(1))
+        let error = Store::connect(&config("redis://127.0.0.1:1/0", Duration::from_secs(1)))
             .await
             .expect_err("nothing listens on port 1");
         assert!(matches!(error, StoreError::Connect { .. }), "{error}");
-        assert!(error.is_transient());
-        let error = connect_dedicated("redis://:pw@127.0.0.1:1/0", Duration::from_secs(1))
-            .await
-            .expect_err("nothing listens on port 1");
+        assert!(error.is_transient() && error.is_outage() && !error.is_configuration());
+        let error = connect_dedicated(
+            &config("redis://:pw@127.0.0.1:1/0", Duration::from_secs(1)),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("nothing listens on port 1");
         assert!(matches!(error, StoreError::Connect { .. }), "{error}");
         assert!(!error.to_string().contains(":pw@"), "{error}");
+        // Several seeds: each is tried, none answers, and none is shown with its password.
+        let error = connect_dedicated(
+            &config(
+                "redis://:pw1@127.0.0.1:1/0,redis://:pw2@127.0.0.1:2/0",
+                Duration::from_secs(1),
+            ),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("nothing listens on ports 1 and 2");
+        assert!(matches!(error, StoreError::Connect { .. }), "{error}");
+        let text = error.to_string();
+        assert!(!text.contains("pw1") && !text.contains("pw2"), "{text}");
     }
 
     #[tokio::test]
-    async fn connect_retrying_stops_at_shutdown_and_refuses_bad_urls() {
-        let mut config = ConnectionConfig::local("x");
-        config.redis_url = "redis://127.0.0.1:1/0".into();
-        config.redis_timeout = Duration::from_millis(200);
+    async fn connect_retrying_stops_at_shutdown_and_refuses_bad_settings() {
+        let mut config = config("redis://127.0.0.1:1/0", Duration::from_millis(200));
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         let store = Store::connect_retrying(&config, &shutdown).await;
@@ -570,6 +722,100 @@ mod tests {
         config.redis_url = "nonsense://h".into();
         let store = Store::connect_retrying(&config, &CancellationToken::new()).await;
         assert!(matches!(store, Err(StoreError::InvalidUrl { .. })));
+        config.redis_url = "redis://127.0.0.1:1/0,redis://127.0.0.1:2/0".into();
+        config.redis_mode = RedisMode::Standalone;
+        let store = Store::connect_retrying(&config, &CancellationToken::new()).await;
+        assert!(matches!(store, Err(StoreError::Mode { .. })));
+    }
+
+    #[tokio::test]
+    async fn one_server_is_one_master_and_auto_finds_it_standalone() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        assert_eq!(store.masters(), 1);
+        assert!(matches!(store.backend, Backend::Standalone(_)));
+        assert!(format!("{store:?}").contains("standalone"));
+        // A cluster-mode client on a server that is not a cluster node is refused, clearly.
+        let mut settings = ConnectionConfig::local(&test.namespace);
+        settings.redis_mode = RedisMode::Cluster;
+        let error = Store::connect(&settings).await.unwrap_err();
+        assert!(matches!(error, StoreError::Mode { .. }), "{error}");
+        assert!(error.to_string().contains("not a cluster node"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn namespace_keys_lists_this_namespace_only() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        assert!(store.namespace_keys().await.unwrap().is_empty());
+        let spec = test_support::spec("j", 2);
+        store.create_job(&spec).await.unwrap();
+        let keys = store.namespace_keys().await.unwrap();
+        assert!(keys.contains(&store.keys.job("j").meta()), "{keys:?}");
+        assert!(keys.contains(&store.keys.jobs_index()), "{keys:?}");
+        let prefix = format!("{}:", test.namespace);
+        assert!(keys.iter().all(|key| key.starts_with(&prefix)), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn with_no_replica_a_replicated_write_is_written_then_refused() {
+        // The shared Redis has no replica: `WAIT 1` answers 0 after its timeout.
+        let Some(test) = TestStore::open_with(|config| {
+            config.redis_min_replicas = 1;
+            config.redis_timeout = Duration::from_millis(400);
+        })
+        .await
+        else {
+            return;
+        };
+        let store = &test.store;
+        let key = store.keys.job("j").meta();
+        let started = std::time::Instant::now();
+        let error = store
+            .invoke_replicated::<i64>(redis::cmd("HSET").arg(&key).arg("f").arg(1), &key)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::NotReplicated {
+                    wanted: 1,
+                    acknowledged: 0
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.is_outage());
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "WAIT waited"
+        );
+        assert!(test.exists(&key).await, "the write itself went through");
+        let Backend::Standalone(pool) = &store.backend else {
+            panic!("standalone");
+        };
+        assert_eq!(pool.status().size, 1, "the connection stays pooled");
+        // Plain requests do not wait.
+        let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+
+    #[tokio::test]
+    async fn without_min_replicas_a_replicated_write_does_not_wait() {
+        let Some(test) = TestStore::open().await else {
+            return;
+        };
+        let store = &test.store;
+        let key = store.keys.job("j").meta();
+        let written: i64 = store
+            .invoke_replicated(redis::cmd("HSET").arg(&key).arg("f").arg(1), &key)
+            .await
+            .unwrap();
+        assert_eq!(written, 1);
     }
 
     #[tokio::test]
@@ -613,12 +859,15 @@ mod tests {
         let key = store.keys.job("j").meta();
         let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
         assert_eq!(pong, "PONG");
-        assert_eq!(store.pool.status().size, 1, "a good connection is pooled");
+        let Backend::Standalone(pool) = &store.backend else {
+            panic!("the shared Redis is one server");
+        };
+        assert_eq!(pool.status().size, 1, "a good connection is pooled");
         let reply: Result<Option<Vec<String>>, _> =
             store.invoke(redis::cmd("BLPOP").arg(&key).arg(1)).await;
         let error = reply.expect_err("the reply comes after the timeout");
         assert!(error.is_transient(), "{error}");
-        assert_eq!(store.pool.status().size, 0, "the timed-out one is detached");
+        assert_eq!(pool.status().size, 0, "the timed-out one is detached");
         // The next request gets a fresh connection and its own reply.
         let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
         assert_eq!(pong, "PONG");
@@ -633,7 +882,10 @@ mod tests {
         let key = store.keys.job("j").meta();
         let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
         assert_eq!(pong, "PONG");
-        assert_eq!(store.pool.status().size, 1);
+        let Backend::Standalone(pool) = &store.backend else {
+            panic!("the shared Redis is one server");
+        };
+        assert_eq!(pool.status().size, 1);
         let mut blocking = redis::cmd("BLPOP");
         blocking.arg(&key).arg(2);
         let cancelled = tokio::time::timeout(
@@ -642,7 +894,7 @@ mod tests {
         )
         .await;
         assert!(cancelled.is_err(), "the request was still waiting");
-        assert_eq!(store.pool.status().size, 0, "its connection left the pool");
+        assert_eq!(pool.status().size, 0, "its connection left the pool");
         let pong: String = store.invoke(&redis::cmd("PING")).await.unwrap();
         assert_eq!(pong, "PONG");
     }

@@ -8,6 +8,10 @@
 //! of the TTL; a process stopped gracefully deletes its record at once. Readers prune
 //! expired ids from the index, so a killed process leaves nothing behind for long.
 //!
+//! The record and the index are in different slots of a Redis Cluster, so they are written
+//! by separate requests (each one slot), and the records are read one request each; the
+//! same code runs on one server.
+//!
 //! This is observability only: no decision of the pipeline depends on these records. The
 //! connection these functions take comes from `store::connect_dedicated` (the store's one
 //! connection factory); nothing here opens one.
@@ -15,11 +19,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use deadpool_redis::redis;
 use serde::Serialize;
 
 use crate::job::now_ms;
 use crate::store::keys::Keys;
+use crate::store::RedisConnection;
 
 /// One live worker or reducer, as its heartbeat describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,9 +120,10 @@ pub fn service_id(role: &str, host: &str) -> String {
     )
 }
 
-/// Writes (or renews) a heartbeat record that lives `ttl`.
+/// Writes (or renews) a heartbeat record that lives `ttl`: the record, then its entry in
+/// the index (two slots, two requests).
 pub async fn beat(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConnection,
     keys: &Keys,
     record: &ServiceRecord,
     ttl: Duration,
@@ -132,8 +138,10 @@ pub async fn beat(
         .cmd("PEXPIRE")
         .arg(&key)
         .arg(ttl_ms)
-        .ignore()
-        .cmd("ZADD")
+        .ignore();
+    pipe.query_async::<()>(conn).await?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD")
         .arg(keys.services_index())
         .arg(record.last_seen_ms + ttl_ms)
         .arg(&record.id)
@@ -146,26 +154,24 @@ pub async fn beat(
     pipe.query_async(conn).await
 }
 
-/// Deletes a record (graceful stop).
-pub async fn remove(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    id: &str,
-) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("DEL")
+/// Deletes a record (graceful stop), then its index entry.
+pub async fn remove(conn: &mut RedisConnection, keys: &Keys, id: &str) -> redis::RedisResult<()> {
+    let _deleted: i64 = redis::cmd("DEL")
         .arg(keys.service(id))
-        .ignore()
-        .cmd("ZREM")
+        .query_async(conn)
+        .await?;
+    let _removed: i64 = redis::cmd("ZREM")
         .arg(keys.services_index())
         .arg(id)
-        .ignore();
-    pipe.query_async(conn).await
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// Every live worker and reducer, by role then id; prunes expired ids from the index.
+/// Records are read one request each (each in its own slot), concurrently.
 pub async fn list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConnection,
     keys: &Keys,
 ) -> redis::RedisResult<Vec<ServiceRecord>> {
     let index = keys.services_index();
@@ -183,11 +189,13 @@ pub async fn list(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        pipe.cmd("HGETALL").arg(keys.service(id));
-    }
-    let records: Vec<BTreeMap<String, String>> = pipe.query_async(conn).await?;
+    let records: Vec<BTreeMap<String, String>> =
+        futures_util::future::try_join_all(ids.iter().map(|id| {
+            let mut conn = conn.clone();
+            let key = keys.service(id);
+            async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await }
+        }))
+        .await?;
     let mut live: Vec<ServiceRecord> = records
         .iter()
         .filter_map(ServiceRecord::from_fields)

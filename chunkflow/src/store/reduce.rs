@@ -444,7 +444,8 @@ impl Store {
             .key("map", keys.data())
             .invocation(&LEASE_PARTITION);
         invocation.arg(lease_ttl.as_millis() as u64);
-        let reply: Vec<Value> = self.invoke(&invocation).await?;
+        // Replicated: a partition found reduced is about to be counted by its job step.
+        let reply: Vec<Value> = self.invoke_replicated(&invocation, &keys.record()).await?;
         let mut items = reply.into_iter();
         let tag: String = reply_item(job_id, items.next())?;
         let mut text = || reply_item::<String>(job_id, items.next());

@@ -11,6 +11,7 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use super::Store;
+use crate::config::ConnectionConfig;
 use crate::job::{JobId, JobSpec, SPEC_VERSION};
 use crate::jobs::{MapOutput, ReduceOutput};
 
@@ -31,12 +32,21 @@ impl TestStore {
     }
 
     pub async fn open_with_timeout(timeout: Duration) -> Option<TestStore> {
+        Self::open_with(|config| config.redis_timeout = timeout).await
+    }
+
+    /// A store whose settings `adjust` changes from the defaults (timeout, replicas).
+    pub async fn open_with(adjust: impl FnOnce(&mut ConnectionConfig)) -> Option<TestStore> {
         let namespace = format!(
             "storetest-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        match Store::connect(TEST_REDIS_URL, &namespace, timeout).await {
+        let mut config = ConnectionConfig::local(&namespace);
+        config.redis_url = TEST_REDIS_URL.to_string();
+        config.redis_timeout = Duration::from_secs(10);
+        adjust(&mut config);
+        match Store::connect(&config).await {
             Ok(store) => Some(TestStore { store, namespace }),
             Err(error) => {
                 eprintln!("skipping: Redis is unreachable at {TEST_REDIS_URL}: {error}");

@@ -56,7 +56,8 @@ impl Store {
     }
 
     /// Ids of the jobs in the namespace's index, oldest first; drops index entries whose
-    /// job has expired.
+    /// job has expired. Each job's record is in its own slot: one request each,
+    /// concurrently.
     pub async fn job_ids(&self) -> Result<Vec<String>, StoreError> {
         let index = self.keys.jobs_index();
         let ids: Vec<String> = self
@@ -65,11 +66,11 @@ impl Store {
         if ids.is_empty() {
             return Ok(ids);
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("EXISTS").arg(self.keys.job(id).meta());
-        }
-        let exists: Vec<bool> = self.invoke(&pipe).await?;
+        let exists: Vec<bool> = futures_util::future::try_join_all(ids.iter().map(|id| {
+            let meta = self.keys.job(id).meta();
+            async move { self.invoke(redis::cmd("EXISTS").arg(meta)).await }
+        }))
+        .await?;
         let (live, expired): (Vec<_>, Vec<_>) =
             ids.into_iter().zip(exists).partition(|(_, exists)| *exists);
         if !expired.is_empty() {

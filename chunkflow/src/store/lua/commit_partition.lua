@@ -11,7 +11,11 @@ local part, lease, map, result = K.part, K.lease, K.map, K.result
 local lines, records, ttl, now, token = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local state = redis.call('HGET', part, 'state')
 if not state then return {'missing'} end
-if state == 'reduced' then return {'duplicate', redis.call('HGET', part, 'records') or '0'} end
+if state == 'reduced' then
+  -- A write, so a WAIT after it covers the earlier holder's result too.
+  redis.call('HINCRBY', part, 'duplicates', 1)
+  return {'duplicate', redis.call('HGET', part, 'records') or '0'}
+end
 if state ~= 'open' then return {state} end
 if redis.call('GET', lease) ~= token then return {'fenced'} end
 redis.call('SET', result, lines, 'EX', ttl)

@@ -12,7 +12,12 @@ local ttl_ms = ARGV[2]
 local record = redis.call('HMGET', part, 'state', 'records')
 local state = record[1]
 if not state then return {'missing'} end
-if state == 'reduced' then return {'reduced', record[2] or '0'} end
+if state == 'reduced' then
+  -- A write, so a WAIT after it covers the result an earlier attempt stored before its
+  -- job step was cut off (the caller runs that job step next).
+  redis.call('HINCRBY', part, 'revisits', 1)
+  return {'reduced', record[2] or '0'}
+end
 if state ~= 'open' then return {state} end
 local remaining = redis.call('PTTL', lease)
 if remaining > 0 then return {'busy', tostring(remaining)} end
