@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end throughput benchmark (not a test: it asserts nothing about time).
 #
-#   scripts/bench.sh [full|tiny|scaling|memory|groupby|capacity|smoke|all]
+#   scripts/bench.sh [full|tiny|scaling|memory|groupby|capacity|cluster|smoke|all]
 #
 # full     wordcount over a generated corpus (BENCH_SIZE, default 256MiB): the local runner
 #          with 1 thread (the per-core baseline) and with all cores, then the pipeline
@@ -19,6 +19,9 @@
 #          groupby over generated CSV (BENCH_CAPACITY_SIZE, default 64MiB), the chunks and
 #          the Redis memory the job's intermediate data takes once every chunk is committed
 #          (no reducer running yet: the peak), per MiB of input.
+# cluster  wordcount over BENCH_SIZE (default 256MiB) through the pipeline (2 workers, 1
+#          reducer) on the machine's Redis and on a 3-master Redis Cluster, same run
+#          (scripts/redis-cluster.sh starts the cluster unless it is up already).
 # smoke    every mode on tiny inputs (CI runs it: it fails if a result differs from the
 #          local runner's).
 set -euo pipefail
@@ -201,7 +204,7 @@ capacity_of() { # label input [submit flags...]
   done
   [ "$state" = reducing ] || { echo "$label: the map phase did not complete (state $state)" >&2; exit 1; }
   after=$(namespace_bytes)
-  chunks=$("$bin/producer" status --json "$job" | sed -n 's/.*"total_chunks": *\([0-9]*\).*/\1/p' | head -n 1)
+  chunks=$("$bin/producer" status --json "$job" | sed -n 's/.*"chunks_total": *\([0-9]*\).*/\1/p' | head -n 1)
   awk -v l="$label" -v b="$bytes" -v c="$chunks" -v m="$((after - before))" 'BEGIN {
     printf "%s: %.0f MiB input, %d chunks (= map tasks), intermediate data in Redis %.1f MiB = %.3f bytes per input byte\n",
       l, b / 1048576, c, m / 1048576, m / b }'
@@ -221,6 +224,33 @@ run_capacity() {
     --key country,category --agg count --agg sum:amount --agg min:amount --agg max:amount --agg avg:amount
 }
 
+run_cluster() {
+  local size="${BENCH_SIZE:-256MiB}" data bytes seeds started=0 t0 t1 secs target
+  data=$(corpus "$size")
+  bytes=$(stat -c %s "$data")
+  if ! redis-cli -p 7001 ping >/dev/null 2>&1; then
+    bash scripts/redis-cluster.sh up >/dev/null
+    started=1
+  fi
+  seeds=$(bash scripts/redis-cluster.sh env | sed -n 's/^export CHUNKFLOW_TEST_REDIS_CLUSTER=//p')
+  "$bin/producer" submit --local -q --job wordcount "$data" >"$work/cluster-local.tsv"
+  echo "== wordcount over $size, 2 workers 1 reducer: one Redis vs a 3-master Redis Cluster"
+  for target in one-redis redis-cluster; do
+    if [ "$target" = redis-cluster ]; then export REDIS_URL="$seeds"; else unset REDIS_URL; fi
+    start_cluster 2 1
+    t0=$(now)
+    "$bin/producer" submit --job wordcount --wait -q "$data" >"$work/job"
+    "$bin/producer" result "$(cat "$work/job")" >"$work/cluster-$target.tsv"
+    t1=$(now)
+    cleanup
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    echo "$target: $(mibps "$bytes" "$secs") MiB/s ($secs s, submit to result printed)"
+    if cmp -s "$work/cluster-local.tsv" "$work/cluster-$target.tsv"; then echo "  result identical to the local runner: yes"; else echo "  result identical: NO" >&2; exit 1; fi
+  done
+  unset REDIS_URL
+  if [ "$started" = 1 ]; then bash scripts/redis-cluster.sh down >/dev/null; fi
+}
+
 case "$mode" in
   full) run_full ;;
   tiny) run_tiny ;;
@@ -228,6 +258,7 @@ case "$mode" in
   memory) run_memory ;;
   groupby) run_groupby ;;
   capacity) run_capacity ;;
+  cluster) run_cluster ;;
   all) run_full; run_tiny; run_scaling; run_memory; run_groupby ;;
   smoke)
     BENCH_SIZE=2MiB run_full
@@ -237,5 +268,5 @@ case "$mode" in
     BENCH_GROUPBY_SIZE=1MiB run_groupby
     BENCH_CAPACITY_SIZE=1MiB run_capacity
     ;;
-  *) echo "usage: $0 [full|tiny|scaling|memory|groupby|capacity|smoke|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [full|tiny|scaling|memory|groupby|capacity|cluster|smoke|all]" >&2; exit 2 ;;
 esac

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use chunkflow::config::{split_url_list, ConnectionConfig};
@@ -36,12 +36,21 @@ const DIR_ENV: &str = "CHUNKFLOW_CLUSTERS_DIR";
 /// How long a cluster may take to be whole again after a restart or a failover.
 pub const WHOLE_WITHIN: Duration = Duration::from_secs(60);
 
+static CLUSTERS: RwLock<()> = RwLock::new(());
+
 /// Taken by every test that disturbs a cluster (kills or restarts a node), so that no other
 /// test of the process runs on a cluster that is changing under it.
-pub fn disturbing() -> MutexGuard<'static, ()> {
-    static DISTURBING: Mutex<()> = Mutex::new(());
-    DISTURBING
-        .lock()
+pub fn disturbing() -> RwLockWriteGuard<'static, ()> {
+    CLUSTERS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Taken by every test that runs on a cluster without disturbing it: such tests run
+/// together, but never while one is [`disturbing`] a cluster.
+pub fn sharing() -> RwLockReadGuard<'static, ()> {
+    CLUSTERS
+        .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -53,6 +53,7 @@ fn groupby_input(cluster: &Cluster) -> String {
 
 #[test]
 fn wordcount_grep_and_groupby_on_a_cluster_match_the_local_runner() {
+    let _shared = sharing();
     let redis = RedisCluster::three_masters();
     assert_eq!(redis.masters().len(), 3, "three masters serve the slots");
     let cluster = pipeline("rcjobs", redis.seeds(), &[]);
@@ -157,6 +158,7 @@ fn wordcount_grep_and_groupby_on_a_cluster_match_the_local_runner() {
 
 #[test]
 fn auto_mode_finds_the_cluster_from_one_seed() {
+    let _shared = sharing();
     let redis = RedisCluster::three_masters();
     let seed = redis.one_seed(redis.ports()[1]);
     let cluster = pipeline("rconeseed", &seed, &[]);
@@ -179,6 +181,7 @@ fn refused(cluster: &Cluster, args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_mode_that_contradicts_the_server_stops_with_exit_code_2() {
+    let _shared = sharing();
     let redis = RedisCluster::three_masters();
     let seed = redis.one_seed(redis.ports()[0]);
     let mut cluster = Cluster::new("rcmode");
@@ -221,6 +224,7 @@ fn a_mode_that_contradicts_the_server_stops_with_exit_code_2() {
 
 #[test]
 fn the_store_runs_its_scripts_on_a_cluster_even_after_a_script_flush() {
+    let _shared = sharing();
     let redis = RedisCluster::three_masters();
     let cluster = pipeline("rcscripts", redis.seeds(), &[]);
     let (a, data, _) = text_input(&cluster, "a.txt", 51, 300);
@@ -408,6 +412,7 @@ fn partitions_by_master(redis: &RedisCluster, namespace: &str, job: &str) -> Vec
 
 #[test]
 fn a_jobs_data_spreads_over_every_master_and_nothing_is_left_after_its_ttl() {
+    let _shared = sharing();
     let redis = RedisCluster::three_masters();
     let mut cluster = Cluster::new("rcspread");
     cluster.use_redis(redis.seeds());
