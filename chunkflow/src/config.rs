@@ -51,6 +51,13 @@ impl std::fmt::Debug for ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// The RabbitMQ URLs of [`ConnectionConfig::amqp_url`]: one, or the nodes of one
+    /// cluster (see [`split_url_list`]). Validated where they are connected to
+    /// (`broker::topology::BrokerNodes`).
+    pub fn amqp_urls(&self) -> Vec<&str> {
+        split_url_list(&self.amqp_url)
+    }
+
     /// Settings for a local broker and Redis in the given namespace (tests, examples).
     pub fn local(namespace: &str) -> Self {
         ConnectionConfig {
@@ -62,6 +69,16 @@ impl ConnectionConfig {
             outage_timeout: DEFAULT_OUTAGE_TIMEOUT,
         }
     }
+}
+
+/// The URLs of a comma-separated list (`amqp://a:5672/%2f,amqp://b:5672/%2f`), in order,
+/// spaces around each trimmed and empty entries (a trailing comma) dropped. A single URL is
+/// a list of one. A comma inside a URL (in a password) must be written `%2C`.
+pub fn split_url_list(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// Query parameters whose value is a credential (`redis+unix:///sock?pass=...`).
@@ -81,8 +98,12 @@ const SECRET_PARAMETERS: &[&str] = &[
 /// Hides every credential a URL may carry, whether or not it parses: the password of its
 /// user info (`scheme://user:***@host`), the values of credential query parameters
 /// (`?pass=***`), and, in a string that is not `scheme://...` but has an `@` (a mistyped
-/// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`.
+/// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`. A
+/// comma-separated list of URLs ([`split_url_list`]) has each of its URLs redacted.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return redact_url_list(url);
+    }
     let (rest, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     format!(
@@ -92,10 +113,63 @@ pub fn redact_url(url: &str) -> String {
     )
 }
 
+/// [`redact_url`] of a string with commas: each entry redacted when every entry looks like
+/// a URL of its own (`scheme://...`). Otherwise a comma is inside a URL (a raw comma in a
+/// password, or in a query) or an entry is mistyped, and where one URL ends is unknown:
+/// everything from the first scheme to the last `@` is hidden.
+fn redact_url_list(list: &str) -> String {
+    let entries: Vec<&str> = list.split(',').collect();
+    if entries
+        .iter()
+        .all(|entry| entry.trim().is_empty() || entry.contains("://"))
+    {
+        return entries
+            .iter()
+            .map(|entry| redact_url(entry))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    match list.rfind('@') {
+        Some(at) => {
+            let keep = list
+                .find("://")
+                .map(|scheme| scheme + 3)
+                .filter(|&end| end <= at)
+                .unwrap_or(0);
+            let tail = &list[at..];
+            let (tail, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+            let (host, query) = tail.split_at(tail.find('?').unwrap_or(tail.len()));
+            format!(
+                "{}***{host}{}{fragment}",
+                &list[..keep],
+                redact_query(query)
+            )
+        }
+        None => {
+            let (rest, fragment) = list.split_at(list.find('#').unwrap_or(list.len()));
+            let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+            format!("{head}{}{fragment}", redact_query(query))
+        }
+    }
+}
+
 /// The credentials a URL carries, found as leniently as [`redact_url`] hides them: the
 /// password of its user info (everything before the last `@` when the string does not parse
-/// as `scheme://`) and the values of credential query parameters.
+/// as `scheme://`) and the values of credential query parameters; for a comma-separated
+/// list, those of each entry too.
 fn url_secrets(url: &str) -> Vec<&str> {
+    let mut secrets = url_secrets_of_one(url);
+    if url.contains(',') {
+        for entry in url.split(',') {
+            secrets.extend(url_secrets_of_one(entry));
+        }
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+    }
+    secrets
+}
+
+fn url_secrets_of_one(url: &str) -> Vec<&str> {
     let (rest, _fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     let mut secrets = Vec::new();
@@ -309,6 +383,58 @@ mod tests {
             assert_eq!(redacted, shown, "{url}");
             assert!(!redacted.contains("PW"), "{url} -> {redacted}");
         }
+    }
+
+    #[test]
+    fn splits_url_lists() {
+        assert_eq!(split_url_list("amqp://h/%2f"), ["amqp://h/%2f"]);
+        assert_eq!(
+            split_url_list(" amqp://a:1/%2f , amqp://b:2/%2f,,amqp://c:3/%2f, "),
+            ["amqp://a:1/%2f", "amqp://b:2/%2f", "amqp://c:3/%2f"]
+        );
+        assert!(split_url_list(" , ").is_empty());
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:p@a/%2f,amqp://u:p@b/%2f".into();
+        assert_eq!(config.amqp_urls(), ["amqp://u:p@a/%2f", "amqp://u:p@b/%2f"]);
+    }
+
+    #[test]
+    fn redacts_every_password_of_a_list() {
+        for (list, shown) in [
+            (
+                "amqp://u:PW1@a:5681/%2f,amqp://u:PW2@b:5682/%2f",
+                "amqp://u:***@a:5681/%2f,amqp://u:***@b:5682/%2f",
+            ),
+            (
+                "amqp://u:PW1@a/%2f?heartbeat=5, amqp://b/%2f,",
+                "amqp://u:***@a/%2f?heartbeat=5, amqp://b/%2f,",
+            ),
+            // A raw comma in a password: not a list, everything up to the host hidden.
+            ("amqp://u:P,W@a:5681/%2f", "amqp://***@a:5681/%2f"),
+            // A mistyped entry: where one URL ends is unknown.
+            ("amqp://u:PW1@a/%2f,amqp:/u:PW2@b", "amqp://***@b"),
+            ("u:PW@h,amqp://b/%2f", "***@h,amqp://b/%2f"),
+            ("amqp://h/?x=1,u:PW@b", "amqp://***@b"),
+            ("redis://h/0?x=a,b", "redis://h/0?x=a,b"),
+            (
+                "redis://h/0?x=a,b&password=PW",
+                "redis://h/0?x=a,b&password=***",
+            ),
+        ] {
+            let redacted = redact_url(list);
+            assert_eq!(redacted, shown, "{list}");
+            assert!(
+                !redacted.contains("PW") && !redacted.contains("P,W"),
+                "{list}"
+            );
+            let text = format!("cannot use {list} (given: '{list}')");
+            let within = redact_within(&text, list);
+            assert!(!within.contains("PW"), "{list} -> {within}");
+        }
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:PW1@a/%2f,amqp://u:PW2@b/%2f".into();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("PW"), "{debug}");
     }
 
     #[test]

@@ -15,16 +15,28 @@
 //!
 //! Every declare, passive declare and connect runs within a [`BrokerDeadline`]: a broker
 //! that does not answer is an error naming what it did not answer, never a hang.
+//!
+//! Every connection to RabbitMQ is opened here, by [`connect`], over [`BrokerNodes`]: the
+//! URLs of `--amqp-url`, one broker or the nodes of one cluster. A client tries them in
+//! turn from a node picked at random per process (so clients spread over the cluster) and
+//! takes the first that answers; the next connect of the same client (a reconnect after
+//! losing its connection) begins with the node after the one it had, not with the one that
+//! may just have gone down. Queues being quorum queues, replicated on every node, a client
+//! may consume and publish through any node.
 
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::broker::deadline::{BrokerDeadline, BrokerError};
-use crate::config::{redact_url, ConnectionConfig};
+use crate::config::{redact_url, redact_within, split_url_list, ConnectionConfig};
 
 /// A redelivered message past this many returns to its queue is dead-lettered: a backstop
 /// far above `--max-attempts` (counted in Redis) and what an outage of a few minutes
@@ -59,6 +71,15 @@ impl Topology {
     /// The deadline of every broker operation on this topology.
     pub fn deadline(&self) -> &BrokerDeadline {
         &self.deadline
+    }
+
+    /// This topology with the same timeout, naming in its errors the node `connected` is
+    /// connected to (the one that did not answer), not the whole list.
+    pub fn at_node(&self, connected: &Connected) -> Topology {
+        Topology {
+            namespace: self.namespace.clone(),
+            deadline: BrokerDeadline::new(&connected.url, self.deadline.timeout()),
+        }
     }
 
     pub fn map_queue(&self) -> String {
@@ -216,7 +237,7 @@ impl Topology {
     }
 }
 
-/// Why the broker could not be reached.
+/// Why the broker could not be reached. URLs are shown redacted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     // The cause is in the message, so it is not also a `source` (it would print twice).
@@ -224,44 +245,251 @@ pub enum ConnectError {
     Refused { url: String, cause: lapin::Error },
     #[error("`{url}` is not a RabbitMQ URL: it must start with amqp:// or amqps:// (set --amqp-url / AMQP_URL)")]
     NotAnAmqpUrl { url: String },
+    #[error("invalid RabbitMQ URL {url}: {reason} (set --amqp-url / AMQP_URL)")]
+    InvalidUrl { url: String, reason: String },
+    #[error("no RabbitMQ URL given: set --amqp-url / AMQP_URL to a broker's URL, or to the URLs of a cluster's nodes separated by commas")]
+    NoUrl,
     #[error("RabbitMQ at {url} did not answer `connect` within {after:?}; is it running and reachable? (or set --amqp-url / AMQP_URL, --broker-timeout)")]
-    TimedOut {
-        url: String,
-        after: std::time::Duration,
-    },
+    TimedOut { url: String, after: Duration },
+    /// Every node of a list refused or did not answer.
+    #[error("no RabbitMQ node answered: tried {}; is the cluster running and reachable? (or set --amqp-url / AMQP_URL, --broker-timeout)", tried_text(.tried))]
+    NoNodeAnswered { tried: Vec<NodeFailure> },
 }
 
-/// Opens a broker connection named after the process role (shown in the management UI),
-/// within the default deadline.
-pub async fn connect(url: &str, role: &str) -> Result<Connection, ConnectError> {
-    connect_within(url, role, crate::broker::deadline::DEFAULT_BROKER_TIMEOUT).await
+/// One node of a list that did not give a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// The node's URL, redacted.
+    pub url: String,
+    /// What went wrong, redacted.
+    pub cause: String,
 }
 
-/// Opens a broker connection named after the process role, waiting at most `timeout`.
-pub async fn connect_within(
-    url: &str,
-    role: &str,
-    timeout: std::time::Duration,
-) -> Result<Connection, ConnectError> {
-    // Checked before connecting: a mistyped `amqp:/user:pw@host` would otherwise reach the
-    // default host with the rest as a vhost name, which the broker echoes back in its error.
+fn tried_text(tried: &[NodeFailure]) -> String {
+    tried
+        .iter()
+        .map(|failure| format!("{} ({})", failure.url, failure.cause))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The nodes of one RabbitMQ cluster a client connects through (or the one broker): the
+/// URLs of `--amqp-url`, each validated, and where this client's next connect begins.
+/// Each client (a consume loop, a publisher, the janitor, a view) keeps its own, for as
+/// long as it reconnects.
+pub struct BrokerNodes {
+    /// Never printed: they carry passwords.
+    urls: Vec<String>,
+    /// The node the next [`connect`] tries first.
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for BrokerNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerNodes")
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("next", &self.next.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Clone for BrokerNodes {
+    /// Another client's rotation over the same nodes, beginning where this one is.
+    fn clone(&self) -> Self {
+        BrokerNodes {
+            urls: self.urls.clone(),
+            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl BrokerNodes {
+    /// The nodes of `list` (one URL, or several separated by commas), each checked, the
+    /// first connect beginning at this process's pick among them.
+    pub fn parse(list: &str) -> Result<BrokerNodes, ConnectError> {
+        let urls = split_url_list(list);
+        if urls.is_empty() {
+            return Err(ConnectError::NoUrl);
+        }
+        for url in &urls {
+            check_url(url)?;
+        }
+        let first = first_node(urls.len());
+        Ok(BrokerNodes {
+            urls: urls.into_iter().map(str::to_string).collect(),
+            next: AtomicUsize::new(first),
+        })
+    }
+
+    /// The nodes of `connection.amqp_url`.
+    pub fn for_connection(connection: &ConnectionConfig) -> Result<BrokerNodes, ConnectError> {
+        BrokerNodes::parse(&connection.amqp_url)
+    }
+
+    /// How many nodes there are (at least one).
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never: a list has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+/// Refuses what is not an AMQP URL, before connecting: a mistyped `amqp:/user:pw@host`
+/// would otherwise reach the default host with the rest as a vhost name, which the broker
+/// echoes back in its error.
+fn check_url(url: &str) -> Result<(), ConnectError> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err(ConnectError::NotAnAmqpUrl {
             url: redact_url(url),
         });
     }
+    if let Err(error) = url.parse::<lapin::uri::AMQPUri>() {
+        return Err(ConnectError::InvalidUrl {
+            url: redact_url(url),
+            // The parser's message quotes the URL it refused, password and all.
+            reason: redact_within(&error.to_string(), url),
+        });
+    }
+    Ok(())
+}
+
+/// The order in which one connect tries `nodes` nodes beginning with `first`: each once,
+/// wrapping around.
+fn rotation(nodes: usize, first: usize) -> impl Iterator<Item = usize> {
+    (0..nodes).map(move |step| (first + step) % nodes.max(1))
+}
+
+/// Where the next connect of a client begins, after one that began at `first` and got a
+/// connection to `connected` (or none): the node after the one it got, so that a client
+/// that loses its connection tries the other nodes before the one that may have just gone
+/// down; after a connect that found no node, the node after `first`, so rounds do not
+/// always begin with the same one.
+fn next_first(nodes: usize, first: usize, connected: Option<usize>) -> usize {
+    (connected.unwrap_or(first) + 1) % nodes.max(1)
+}
+
+/// The node a process's clients try first: one picked at random once per process, so the
+/// processes of a deployment given the same list spread over its nodes. With fault
+/// injection, `CHUNKFLOW_FAULT=amqp-in-order` makes it the first node of the list (tests
+/// place each process on a node by the order of its list).
+fn first_node(nodes: usize) -> usize {
+    static PICK: OnceLock<usize> = OnceLock::new();
+    let pick = *PICK.get_or_init(|| {
+        if crate::fault::Faults::from_env().amqp_in_order {
+            return 0;
+        }
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        std::process::id().hash(&mut hasher);
+        std::time::SystemTime::now().hash(&mut hasher);
+        // Truncation is fine: any bits of a random number are random.
+        hasher.finish() as usize
+    });
+    pick % nodes.max(1)
+}
+
+/// A connection to one node, and which node.
+pub struct Connected {
+    pub connection: Connection,
+    /// The node's URL (with its password: never shown; see [`Connected::node`]).
+    url: String,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("node", &self.node())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connected {
+    /// The node connected to: its URL, redacted.
+    pub fn node(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The node's URL, password and all, for what must reach the same node (the vhost of
+    /// the management API); never for a log or an error.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Opens a broker connection named after the process role (shown in the management UI and
+/// `rabbitmqctl list_connections`) to the first of `nodes` that answers, in the client's
+/// rotation; each node may take `timeout`. The one way every client connects.
+pub async fn connect(
+    nodes: &BrokerNodes,
+    role: &str,
+    timeout: Duration,
+) -> Result<Connected, ConnectError> {
+    let count = nodes.urls.len();
+    let first = nodes.next.load(Ordering::Relaxed) % count.max(1);
     let name = format!("chunkflow-{role}@{}", std::process::id());
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(timeout, Connection::connect(url, properties)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(cause)) => Err(ConnectError::Refused {
-            url: redact_url(url),
-            cause,
-        }),
-        Err(_elapsed) => Err(ConnectError::TimedOut {
-            url: redact_url(url),
-            after: timeout,
-        }),
+    let mut tried = Vec::new();
+    let mut single_failure = None;
+    for node in rotation(count, first) {
+        let url = &nodes.urls[node];
+        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let failure = match tokio::time::timeout(timeout, Connection::connect(url, properties))
+            .await
+        {
+            Ok(Ok(connection)) => {
+                nodes
+                    .next
+                    .store(next_first(count, first, Some(node)), Ordering::Relaxed);
+                if count > 1 {
+                    tracing::info!(role, node = %redact_url(url), "connected to a RabbitMQ node");
+                }
+                return Ok(Connected {
+                    connection,
+                    url: url.clone(),
+                });
+            }
+            Ok(Err(cause)) => {
+                let text = redact_within(&cause.to_string(), url);
+                tried.push(NodeFailure {
+                    url: redact_url(url),
+                    cause: text,
+                });
+                ConnectError::Refused {
+                    url: redact_url(url),
+                    cause,
+                }
+            }
+            Err(_elapsed) => {
+                tried.push(NodeFailure {
+                    url: redact_url(url),
+                    cause: format!("no answer within {timeout:?}"),
+                });
+                ConnectError::TimedOut {
+                    url: redact_url(url),
+                    after: timeout,
+                }
+            }
+        };
+        if count > 1 {
+            tracing::warn!(role, error = %failure, "a RabbitMQ node did not give a connection; trying the next");
+        }
+        single_failure = Some(failure);
+    }
+    nodes
+        .next
+        .store(next_first(count, first, None), Ordering::Relaxed);
+    match single_failure {
+        Some(failure) if count == 1 => Err(failure),
+        _ => Err(ConnectError::NoNodeAnswered { tried }),
     }
 }
 
@@ -321,7 +549,8 @@ mod tests {
         // A listener that accepts and never speaks AMQP.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("amqp://guest:pw@{}/%2f", listener.local_addr().unwrap());
-        let error = connect_within(&url, "test", std::time::Duration::from_millis(200))
+        let nodes = BrokerNodes::parse(&url).unwrap();
+        let error = connect(&nodes, "test", Duration::from_millis(200))
             .await
             .unwrap_err();
         let text = error.to_string();
@@ -331,5 +560,86 @@ mod tests {
             "{text}"
         );
         drop(listener);
+    }
+
+    #[test]
+    fn a_connect_tries_every_node_once_from_its_first() {
+        assert_eq!(rotation(3, 0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(rotation(3, 2).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(rotation(1, 0).collect::<Vec<_>>(), [0]);
+        assert_eq!(rotation(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn a_reconnect_begins_past_the_node_it_had() {
+        // Connected to node 1 (of 3): losing it, the client tries 2, then 0, then 1.
+        let next = next_first(3, 0, Some(1));
+        assert_eq!(next, 2);
+        assert_eq!(rotation(3, next).collect::<Vec<_>>(), [2, 0, 1]);
+        // The last node wraps around to the first.
+        assert_eq!(next_first(3, 1, Some(2)), 0);
+        // No node answered: the next round begins one further on.
+        assert_eq!(next_first(3, 2, None), 0);
+        assert_eq!(next_first(3, 0, None), 1);
+        // A single broker is always tried first.
+        assert_eq!(next_first(1, 0, Some(0)), 0);
+        assert_eq!(next_first(1, 0, None), 0);
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_checked_and_none_shown_with_its_password() {
+        let nodes =
+            BrokerNodes::parse(" amqp://u:PW@a:5681/%2f, amqps://u:PW@b:5682/%2f ,").unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(first_node(2) < 2);
+        let shown = format!("{nodes:?}");
+        assert!(
+            shown.contains("u:***@b:5682") && !shown.contains("PW"),
+            "{shown}"
+        );
+        for (list, says) in [
+            ("amqp://u:PW@a/%2f,http://u:PW@b", "is not a RabbitMQ URL"),
+            ("amqp://u:PW@a/%2f,amqp:/u:PW@b", "is not a RabbitMQ URL"),
+            ("amqp://u:PW@a:port/%2f", "invalid RabbitMQ URL"),
+            (" , ", "no RabbitMQ URL given"),
+        ] {
+            let error = BrokerNodes::parse(list).unwrap_err().to_string();
+            assert!(error.contains(says), "{list}: {error}");
+            assert!(!error.contains("PW"), "{list}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_where_no_node_answers_names_every_node_tried() {
+        // Two ports nothing listens on (bound, then released).
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let list = format!(
+            "amqp://guest:PW@127.0.0.1:{}/%2f,amqp://guest:PW@127.0.0.1:{}/%2f",
+            ports[0], ports[1]
+        );
+        let nodes = BrokerNodes::parse(&list).unwrap();
+        let first = nodes.next.load(Ordering::Relaxed);
+        let error = connect(&nodes, "test", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("no RabbitMQ node answered: tried amqp://guest:***@127.0.0.1:"),
+            "{text}"
+        );
+        for port in ports {
+            assert!(text.contains(&format!("127.0.0.1:{port}/%2f (")), "{text}");
+        }
+        assert!(!text.contains("PW"), "{text}");
+        // The next round begins one node further on.
+        assert_eq!(nodes.next.load(Ordering::Relaxed), (first + 1) % 2);
     }
 }
