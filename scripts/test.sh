@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and end-to-end tests against the local RabbitMQ and Redis
-# (started here if installed but stopped). Extra arguments go to `cargo test`. Ends with
-# the chaos scenarios' summary lines and one line totalling every test binary.
+# (started here if installed but stopped) and against a 3-node RabbitMQ cluster of its own
+# (scripts/rabbitmq-cluster.sh: booted in the background while the tests build, stopped on
+# exit). Extra arguments go to `cargo test`. Ends with the chaos scenarios' summary lines
+# and one line totalling every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -9,9 +11,32 @@ ensure_services
 ensure_chromium
 mkdir -p target
 rm -f target/chaos-report.txt
+
+# The RabbitMQ cluster takes about 20 s to boot: start it now, wait for it after the build.
+# One already running (a developer's `scripts/rabbitmq-cluster.sh up`) is used and left up.
+cluster_log=target/rabbitmq-cluster.log
+cluster_pid=""
+if port_open 5681 && port_open 5682 && port_open 5683; then
+  echo "using the RabbitMQ cluster already running on 127.0.0.1:5681-5683" >&2
+else
+  scripts/rabbitmq-cluster.sh up >"$cluster_log" 2>&1 &
+  cluster_pid=$!
+  # Stop what this run started, however it ends (after `up` is done: it may still be booting).
+  trap 'wait "$cluster_pid" 2>/dev/null; scripts/rabbitmq-cluster.sh down' EXIT
+fi
+
 log=target/test-output.txt
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-run "$@" 2>&1 | tee "$log" || status=$?
+if [ "$status" = 0 ] && [ -n "$cluster_pid" ]; then
+  if ! wait "$cluster_pid"; then
+    echo "error: the RabbitMQ cluster did not start (see $cluster_log); its tests will fail" >&2
+  fi
+fi
+eval "$(scripts/rabbitmq-cluster.sh env)"
+if [ "$status" = 0 ]; then
+  cargo test --workspace "$@" 2>&1 | tee -a "$log" || status=$?
+fi
 if [ -f target/chaos-report.txt ]; then
   echo "chaos scenarios:"
   sort target/chaos-report.txt

@@ -12,6 +12,7 @@
 //! | [`binaries`] | building the binaries under test (with fault injection) into `target/e2e` |
 //! | [`services`] | the shared RabbitMQ and Redis: connections, `wait_for`, a private Redis |
 //! | [`cluster`] | one test's namespace, processes, scratch directory and cleanup |
+//! | [`rabbitmq_cluster`] | the 3-node RabbitMQ cluster of `scripts/rabbitmq-cluster.sh`: nodes, queue leaders and members, connections, stopping a node |
 //! | [`monitor`] | the processes' monitor endpoints, metrics and `--json` views |
 //! | [`reference`](mod@reference) | inputs and independent sequential references of the jobs |
 //! | [`scenario`] | finishing a chaos scenario: compare with the reference, report a line |
@@ -22,6 +23,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod monitor;
+pub mod rabbitmq_cluster;
 pub mod reference;
 pub mod scenario;
 pub mod services;

@@ -430,7 +430,7 @@ async fn session<H: TaskHandler>(
     let channel = deadline
         .run("open a consuming channel", connection.create_channel())
         .await?;
-    topology.declare(&channel).await?;
+    topology.declare(connection).await?;
     deadline
         .run(
             "basic.qos",

@@ -390,7 +390,7 @@ impl ReconnectingPublisher {
         let topology = topology.at_node(&connected);
         let publisher =
             Publisher::open(&connected.connection, max_window_bytes, topology.deadline()).await?;
-        topology.declare(publisher.channel()).await?;
+        topology.declare(&connected.connection).await?;
         Ok((connected, publisher, topology))
     }
 

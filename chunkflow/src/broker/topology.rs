@@ -7,11 +7,18 @@
 //! | `ns.map` | quorum queue | one message per chunk; body = the chunk's bytes |
 //! | `ns.reduce` | quorum queue | one JSON message per partition to reduce |
 //! | `ns.dlx` | fanout exchange | dead-letter exchange of both task queues |
-//! | `ns.dead` | durable queue | rejected (undecodable, poison) messages, for inspection |
-//! | `ns.dead-watch` | durable queue | a second copy of every dead letter, consumed by reducers, which fail the live job it belongs to |
+//! | `ns.dead` | quorum queue | rejected (undecodable, poison) messages, for inspection |
+//! | `ns.dead-watch` | quorum queue | a second copy of every dead letter, consumed by reducers, which fail the live job it belongs to |
 //!
-//! Task queues are quorum queues: replicated and durable, with a delivery limit so a message
-//! that kills every worker that takes it is dead-lettered instead of looping forever.
+//! Every queue is a quorum queue: durable, and replicated on the nodes of a RabbitMQ cluster
+//! (by default on all of them), so losing a node loses no queue. Task queues have a
+//! delivery limit so a message that kills every worker that takes it is dead-lettered
+//! instead of looping forever. The dead-letter queues are quorum queues too because every
+//! client declares the whole topology on each connection, and a classic durable queue
+//! whose node is down refuses even a redeclare (404 "home node ... is down"): one lost node
+//! would stop every client. Namespaces whose dead-letter queues an earlier version declared
+//! as classic queues keep them (the redeclare's PRECONDITION_FAILED is taken as "exists"),
+//! with a warning; delete them to have them declared replicated.
 //!
 //! Every declare, passive declare and connect runs within a [`BrokerDeadline`]: a broker
 //! that does not answer is an error naming what it did not answer, never a hang.
@@ -104,12 +111,19 @@ impl Topology {
         format!("{}.dead-watch", self.namespace)
     }
 
-    fn task_queue_arguments(&self) -> FieldTable {
+    /// The arguments of the dead-letter queues: replicated like the task queues, without a
+    /// dead-letter exchange of their own.
+    fn dead_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString(LongString::from("quorum")),
         );
+        args
+    }
+
+    fn task_queue_arguments(&self) -> FieldTable {
+        let mut args = self.dead_queue_arguments();
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(self.dead_letter_exchange())),
@@ -121,12 +135,17 @@ impl Topology {
         args
     }
 
-    /// Declares (idempotently) every exchange and queue of the namespace.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+    /// Declares (idempotently) every exchange and queue of the namespace, on channels of
+    /// its own (a refused declare closes its channel).
+    pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        let mut channel = self
+            .deadline
+            .run("open a channel to declare", connection.create_channel())
+            .await?;
         let exchange = self.dead_letter_exchange();
         self.deadline
             .run(
@@ -143,12 +162,43 @@ impl Topology {
             )
             .await?;
         for dead in [self.dead_letter_queue(), self.dead_watch_queue()] {
-            self.deadline
+            let declared = self
+                .deadline
                 .run(
                     format!("declare queue {dead}"),
-                    channel.queue_declare(dead.as_str().into(), durable, FieldTable::default()),
+                    channel.queue_declare(
+                        dead.as_str().into(),
+                        durable,
+                        self.dead_queue_arguments(),
+                    ),
                 )
-                .await?;
+                .await;
+            match declared {
+                Ok(_) => {}
+                Err(error) if is_precondition_failed(&error) => {
+                    // Declared by an earlier version, as a classic queue: keep it as it is
+                    // (it must exist: a passive declare), on a new channel.
+                    channel = self
+                        .deadline
+                        .run("open a channel to declare", connection.create_channel())
+                        .await?;
+                    self.deadline
+                        .run(
+                            format!("find queue {dead}"),
+                            channel.queue_declare(
+                                dead.as_str().into(),
+                                QueueDeclareOptions {
+                                    passive: true,
+                                    ..QueueDeclareOptions::default()
+                                },
+                                FieldTable::default(),
+                            ),
+                        )
+                        .await?;
+                    warn_classic_dead_queue(&dead);
+                }
+                Err(error) => return Err(error),
+            }
             self.deadline
                 .run(
                     format!("bind queue {dead} to {exchange}"),
@@ -174,6 +224,11 @@ impl Topology {
                 )
                 .await?;
         }
+        let _ = tokio::time::timeout(
+            self.deadline.timeout(),
+            channel.close(200, "declared".into()),
+        )
+        .await;
         Ok(())
     }
 
@@ -234,6 +289,37 @@ impl Topology {
                 channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()),
             )
             .await
+    }
+}
+
+/// Whether the broker refused an operation with PRECONDITION_FAILED (a redeclare with
+/// other arguments than the queue has).
+fn is_precondition_failed(error: &BrokerError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match error {
+        BrokerError::Failed { cause, .. } => matches!(
+            cause.kind(),
+            lapin::ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+        ),
+        BrokerError::TimedOut { .. } => false,
+    }
+}
+
+/// Warns, once per queue and process, that a dead-letter queue is a classic queue.
+fn warn_classic_dead_queue(queue: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !warned.iter().any(|name| name == queue) {
+        warned.push(queue.to_string());
+        tracing::warn!(
+            queue,
+            "this dead-letter queue was declared by an earlier version as a classic queue, which lives on one node: \
+             while that node is down no client can declare the topology. Delete it when it is empty \
+             (`rabbitmqctl delete_queue {queue}`) to have it declared as a replicated quorum queue"
+        );
     }
 }
 
@@ -526,6 +612,33 @@ mod tests {
             args.get("x-delivery-limit"),
             Some(&AMQPValue::LongLongInt(DELIVERY_LIMIT))
         );
+        // The dead-letter queues are replicated too, and dead-letter nowhere themselves.
+        let dead = Topology::new("ns").dead_queue_arguments();
+        let dead = dead.inner();
+        assert_eq!(
+            dead.get("x-queue-type"),
+            Some(&AMQPValue::LongString(LongString::from("quorum")))
+        );
+        assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn only_a_precondition_failure_means_declared_otherwise() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
+        let refused = |soft: AMQPSoftError| BrokerError::Failed {
+            broker: "RabbitMQ".into(),
+            what: "declare queue ns.dead".into(),
+            cause: Box::new(lapin::Error::from(lapin::ErrorKind::ProtocolError(
+                AMQPError::new(AMQPErrorKind::Soft(soft), "inequivalent arg".into()),
+            ))),
+        };
+        assert!(is_precondition_failed(&refused(
+            AMQPSoftError::PRECONDITIONFAILED
+        )));
+        assert!(!is_precondition_failed(&refused(AMQPSoftError::NOTFOUND)));
+        assert!(!is_precondition_failed(
+            &BrokerDeadline::default().timed_out("declare queue ns.dead")
+        ));
     }
 
     #[test]
