@@ -150,6 +150,7 @@ fn a_job_survives_its_leader_node_stopping_its_producer_and_a_worker_killed() {
     });
     let clients: Vec<u32> = pids.iter().copied().chain([producer.id()]).collect();
     let before = placement(&rmq, &clients);
+    println!("map queue leader: node {leader}; connections (count, nodes) by pid: {before:?}");
     assert_eq!(
         before[&producer.id()].1,
         BTreeSet::from([leader]),
@@ -180,6 +181,10 @@ fn a_job_survives_its_leader_node_stopping_its_producer_and_a_worker_killed() {
     }
     let new_leader = rmq.leader(&map_queue, LONG);
     assert_ne!(new_leader, leader, "the map queue elected another leader");
+    println!(
+        "node {leader} stopped; new leader: node {new_leader}; connections: {:?}",
+        placement(&rmq, &clients)
+    );
     wait_for("the job to go on without the node", LONG, || {
         (cluster.committed(&job) >= committed_before + 20).then_some(())
     });
