@@ -22,7 +22,13 @@ use chunkflow::size::ByteSize;
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Clone)]
 pub struct ConnectionArgs {
-    /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    /// RabbitMQ URL, or the URLs of the nodes of one RabbitMQ cluster separated by commas
+    /// (`amqp://u:pw@rmq1:5672/%2f,amqp://u:pw@rmq2:5672/%2f,...`; write a comma in a
+    /// password as %2C). Each process connects to the first node that answers, beginning
+    /// at a node picked at random so processes spread over the cluster, and on losing its
+    /// connection reconnects through the next node. The task queues are quorum queues,
+    /// replicated on the cluster's nodes: work goes on while a majority of them runs
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
     #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = true, hide_env_values = true)]
     pub amqp_url: String,
 

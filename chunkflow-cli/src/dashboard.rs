@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http;
 use crate::views::{self, ManagementApi};
-use chunkflow::broker::topology::{self, Topology};
+use chunkflow::broker::topology::{self, BrokerNodes, Topology};
 use chunkflow::config::ConnectionConfig;
 use chunkflow::store::keys::Keys;
 use chunkflow::store::Store;
@@ -169,11 +169,14 @@ async fn job_detail(shared: &Shared, job: &str) -> Result<Response, DetailError>
 }
 
 async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: CancellationToken) {
-    let topology = Topology::new(&config.connection.namespace);
+    let topology = Topology::for_connection(&config.connection);
+    // The broker's nodes, in the dashboard's rotation (reconnects try the next node first);
+    // a list that names no usable broker is reported on every refresh.
+    let nodes = BrokerNodes::for_connection(&config.connection).map_err(|error| error.to_string());
     // A URL the client refuses is reported on every refresh, like an API that is down.
     let management =
         ManagementApi::new(&config.management_url).map_err(|error| http::error_chain(&error));
-    let mut amqp: Option<lapin::Connection> = None;
+    let mut amqp: Option<(lapin::Connection, Topology)> = None;
     loop {
         let now = views::now();
         let mut errors = Vec::new();
@@ -195,15 +198,26 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
                 Vec::new()
             }
         };
-        if amqp.as_ref().is_none_or(|c| !c.status().connected()) {
-            match topology::connect(&config.connection.amqp_url, "dashboard").await {
-                Ok(connection) => amqp = Some(connection),
-                Err(error) => errors.push(format!("queues: {error}")),
+        if amqp.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+            let connected = match &nodes {
+                Ok(nodes) => {
+                    topology::connect(nodes, "dashboard", config.connection.broker_timeout)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+                Err(why) => Err(why.clone()),
+            };
+            match connected {
+                Ok(connected) => {
+                    let at_node = topology.at_node(&connected);
+                    amqp = Some((connected.connection, at_node));
+                }
+                Err(why) => errors.push(format!("queues: {why}")),
             }
         }
         let mut queues = Vec::new();
-        if let Some(connection) = &amqp {
-            match views::amqp_queue_counts(connection, &topology).await {
+        if let Some((connection, topology)) = &amqp {
+            match views::amqp_queue_counts(connection, topology).await {
                 Ok(mut stats) => {
                     let added = match &management {
                         Ok(api) => api
@@ -238,7 +252,7 @@ async fn refresh_loop(shared: Arc<Shared>, config: DashboardConfig, shutdown: Ca
             break;
         }
     }
-    if let Some(connection) = amqp {
+    if let Some((connection, _)) = amqp {
         let _ = connection.close(200, "dashboard stopped".into()).await;
     }
 }

@@ -133,7 +133,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ManagementArgs {
     /// RabbitMQ management API, for unacked counts [default: the --amqp-url host and
-    /// credentials, port 15672]
+    /// credentials (of its first node), port 15672]
     #[arg(long, env = "CHUNKFLOW_MANAGEMENT_URL", hide_env_values = true)]
     management_url: Option<String>,
 }

@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::http::{error_chain, HttpClient, HttpError, HttpUrl};
-use chunkflow::broker::topology::{self, Topology};
-use chunkflow::config::{redact_url, ConnectionConfig};
+use chunkflow::broker::topology::{self, BrokerNodes, Topology};
+use chunkflow::config::{redact_url, split_url_list, ConnectionConfig};
 use chunkflow::job::{now_ms, JobState, JobStatus};
 use chunkflow::size::human_bytes;
 use chunkflow::store::presence::ServiceRecord;
@@ -330,9 +330,12 @@ pub enum QueuesError {
     Broker(#[from] lapin::Error),
 }
 
-/// The management API URL for an AMQP URL: same host and credentials, port 15672.
+/// The management API URL for an AMQP URL: same host and credentials, port 15672; for
+/// the nodes of a cluster, those of the first node (every node serves the whole cluster's
+/// queues).
 pub fn default_management_url(amqp_url: &str) -> Option<String> {
-    let uri: lapin::uri::AMQPUri = amqp_url.parse().ok()?;
+    let first = split_url_list(amqp_url).into_iter().next()?;
+    let uri: lapin::uri::AMQPUri = first.parse().ok()?;
     let user = &uri.authority.userinfo;
     let host = &uri.authority.host;
     let mut url = Url::parse("http://127.0.0.1:15672").ok()?;
@@ -347,11 +350,14 @@ pub fn default_management_url(amqp_url: &str) -> Option<String> {
     Some(url.as_str().trim_end_matches('/').to_string())
 }
 
+/// The vhost of an AMQP URL (of the first node of a list: they all name the same one).
 fn vhost(amqp_url: &str) -> String {
-    amqp_url
-        .parse::<lapin::uri::AMQPUri>()
+    split_url_list(amqp_url)
+        .into_iter()
+        .next()
+        .and_then(|first| first.parse::<lapin::uri::AMQPUri>().ok())
         .map(|uri| uri.vhost)
-        .unwrap_or_else(|_| "/".to_string())
+        .unwrap_or_else(|| "/".to_string())
 }
 
 /// Ready and consumer counts of every queue of the namespace over `connection`.
@@ -471,10 +477,11 @@ pub async fn queues(
     connection: &ConnectionConfig,
     management: &str,
 ) -> Result<QueuesReport, QueuesError> {
-    let topology = Topology::new(&connection.namespace);
-    let amqp = topology::connect(&connection.amqp_url, "inspect").await?;
-    let counted = amqp_queue_counts(&amqp, &topology).await;
-    let _ = amqp.close(200, "done".into()).await;
+    let nodes = BrokerNodes::for_connection(connection)?;
+    let topology = Topology::for_connection(connection);
+    let amqp = topology::connect(&nodes, "inspect", connection.broker_timeout).await?;
+    let counted = amqp_queue_counts(&amqp.connection, &topology.at_node(&amqp)).await;
+    let _ = amqp.connection.close(200, "done".into()).await;
     let mut stats = counted?;
     let (management_url, management_error) = match ManagementApi::new(management) {
         Ok(api) => {
@@ -624,5 +631,14 @@ mod tests {
             Some("http://guest:guest@127.0.0.1:15672")
         );
         assert_eq!(vhost("amqp://u:p@h:5672/%2f"), "/");
+        // A cluster's nodes: the first node's.
+        assert_eq!(
+            default_management_url("amqp://u:p@rmq1:5681/v1,amqp://u:p@rmq2:5682/v1").as_deref(),
+            Some("http://u:p@rmq1:15672")
+        );
+        assert_eq!(
+            vhost("amqp://u:p@rmq1:5681/v1, amqp://u:p@rmq2:5682/v1"),
+            "v1"
+        );
     }
 }

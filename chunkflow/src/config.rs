@@ -60,6 +60,13 @@ impl std::fmt::Debug for ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// The RabbitMQ URLs of [`ConnectionConfig::amqp_url`]: one, or the nodes of one
+    /// cluster (see [`split_url_list`]). Validated where they are connected to
+    /// (`broker::topology::BrokerNodes`).
+    pub fn amqp_urls(&self) -> Vec<&str> {
+        split_url_list(&self.amqp_url)
+    }
+
     /// Settings for a local broker and Redis in the given namespace (tests, examples).
     pub fn local(namespace: &str) -> Self {
         ConnectionConfig {
@@ -467,6 +474,33 @@ mod tests {
             "`sentinel` is not a Redis mode: use auto, standalone or cluster"
         );
         assert_eq!(RedisMode::default(), RedisMode::Auto);
+    }
+
+    #[test]
+    fn amqp_lists_split_and_no_password_of_a_list_shows() {
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:p@a/%2f, amqp://u:p@b/%2f".into();
+        assert_eq!(config.amqp_urls(), ["amqp://u:p@a/%2f", "amqp://u:p@b/%2f"]);
+        for list in [
+            "amqp://u:PW1@a:5681/%2f,amqp://u:PW2@b:5682/%2f",
+            "amqp://u:PW1@a/%2f?heartbeat=5, amqp://b/%2f,",
+            "amqp://u:P,W@a:5681/%2f",
+            "amqp://u:PW1@a/%2f,amqp:/u:PW2@b",
+            "u:PW@h,amqp://b/%2f",
+            "redis://h/0?x=a,b&password=PW",
+        ] {
+            let redacted = redact_url(list);
+            assert!(
+                !redacted.contains("PW") && !redacted.contains("P,W"),
+                "{list} -> {redacted}"
+            );
+            let text = format!("cannot use {list} (given: '{list}')");
+            let within = redact_within(&text, list);
+            assert!(!within.contains("PW"), "{list} -> {within}");
+        }
+        config.amqp_url = "amqp://u:PW1@a/%2f,amqp://u:PW2@b/%2f".into();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("PW"), "{debug}");
     }
 
     #[test]

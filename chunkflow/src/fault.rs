@@ -10,7 +10,10 @@
 //! - `panic-on-chunk=N`: map panics on chunk N of every job (a poison task);
 //! - `abort-on-chunk=N`: the worker process aborts when it takes chunk N (a task that kills
 //!   every worker that takes it);
-//! - `reduce-delay-ms=N`: the reducer sleeps N ms while holding a partition's lease.
+//! - `reduce-delay-ms=N`: the reducer sleeps N ms while holding a partition's lease;
+//! - `amqp-in-order`: connections to a list of RabbitMQ nodes begin with the first of the
+//!   list instead of a node picked at random (a test places each process on a node by the
+//!   order of the list it gives it).
 
 /// The faults in force for this process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +24,7 @@ pub struct Faults {
     pub panic_on_chunk: Option<u64>,
     pub abort_on_chunk: Option<u64>,
     pub reduce_delay_ms: u64,
+    pub amqp_in_order: bool,
 }
 
 impl Faults {
@@ -48,6 +52,7 @@ impl Faults {
                 "panic-on-chunk" => faults.panic_on_chunk = value.parse().ok(),
                 "abort-on-chunk" => faults.abort_on_chunk = value.parse().ok(),
                 "reduce-delay-ms" => faults.reduce_delay_ms = value.parse().unwrap_or(0),
+                "amqp-in-order" => faults.amqp_in_order = true,
                 _ => {}
             }
         }

@@ -29,7 +29,7 @@ use crate::broker::publisher::ReconnectError;
 use crate::broker::publisher::{
     reduce_task_messages, Pending, PublishError, ReconnectingPublisher,
 };
-use crate::broker::topology::Topology;
+use crate::broker::topology::{BrokerNodes, Topology};
 use crate::chunker::{Chunk, ChunkError, Chunker};
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
@@ -352,10 +352,12 @@ impl Submission {
         let format = registry
             .build(&options.kind, &options.params)?
             .input_format();
+        // Every broker URL is checked before anything is connected to.
+        let nodes = BrokerNodes::for_connection(connection_args).map_err(ReconnectError::from)?;
         let store = Store::connect(connection_args).await?;
         let topology = Topology::for_connection(connection_args);
         let publisher = ReconnectingPublisher::connect(
-            &connection_args.amqp_url,
+            nodes,
             "producer",
             topology.clone(),
             options.max_unconfirmed_bytes as usize,

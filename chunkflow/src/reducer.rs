@@ -37,7 +37,7 @@ use tracing::Instrument;
 
 use crate::broker::consumer::{self as service, ConsumerSettings, ServiceError, Task, TaskHandler};
 use crate::broker::publisher::Publisher;
-use crate::broker::topology::Topology;
+use crate::broker::topology::{BrokerNodes, Topology};
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
 use crate::job::JobState;
@@ -68,6 +68,9 @@ pub struct ReducerConfig {
 
 /// Runs a reducer until `shutdown` is cancelled.
 pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    // Every broker URL is checked before anything is connected to.
+    let nodes =
+        BrokerNodes::for_connection(&config.connection).map_err(ServiceError::InvalidAmqpUrl)?;
     let Some(store) = Store::connect_retrying(&config.connection, &shutdown).await? else {
         return Ok(());
     };
@@ -85,6 +88,7 @@ pub async fn run(config: ReducerConfig, shutdown: CancellationToken) -> Result<(
         janitor::Janitor {
             store: store.clone(),
             connection: config.connection.clone(),
+            nodes,
             producer_timeout: config.producer_timeout,
             lease: config.lease,
         }

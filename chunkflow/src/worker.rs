@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use crate::broker::consumer::{self as service, ConsumerSettings, ServiceError, Task, TaskHandler};
 use crate::broker::publisher::{publish_reduce_tasks, Publisher};
-use crate::broker::topology::Topology;
+use crate::broker::topology::{BrokerNodes, Topology};
 use crate::config::ConnectionConfig;
 use crate::fault::Faults;
 use crate::health::ServiceHealth;
@@ -73,6 +73,9 @@ pub struct WorkerConfig {
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    // Every broker URL is checked before anything is connected to (each consume loop keeps
+    // its own rotation over the nodes).
+    BrokerNodes::for_connection(&config.connection).map_err(ServiceError::InvalidAmqpUrl)?;
     let Some(store) = Store::connect_retrying(&config.connection, &shutdown).await? else {
         return Ok(());
     };

@@ -1,5 +1,6 @@
 //! One test's cluster: a unique namespace (queue-name and key prefix) on the shared
-//! RabbitMQ and Redis, the real `producer`, `worker` and `reducer` binaries run as
+//! RabbitMQ and Redis (or on another broker, [`Cluster::use_amqp`], or Redis,
+//! [`Cluster::use_redis`]), the real `producer`, `worker` and `reducer` binaries run as
 //! processes, a scratch directory for inputs and logs, and a cleanup on drop that kills the
 //! processes and deletes every queue and key of the namespace. A cluster must never touch
 //! another namespace: other tests and developers run beside it.
@@ -15,7 +16,7 @@ use chunkflow::broker::topology::Topology;
 
 use crate::binaries::{bin_dir, custom_bin_dir};
 use crate::redis_cluster;
-use crate::services::{wait_for, with_channel, AMQP_URL, REDIS_URL};
+use crate::services::{wait_for, with_channel_at, AMQP_URL, REDIS_URL};
 
 /// How long a foreground `producer` command may run before the test fails.
 const PRODUCER_DEADLINE: Duration = Duration::from_secs(120);
@@ -95,6 +96,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     services: Vec<Service>,
     redis_url: String,
+    amqp_url: String,
 }
 
 impl Cluster {
@@ -108,6 +110,7 @@ impl Cluster {
             dir,
             services: Vec::new(),
             redis_url: REDIS_URL.to_string(),
+            amqp_url: AMQP_URL.to_string(),
         }
     }
 
@@ -122,11 +125,23 @@ impl Cluster {
         &self.redis_url
     }
 
+    /// Points every process this cluster starts, and the cluster's own queue inspection and
+    /// cleanup, at another RabbitMQ: one URL, or the nodes of a RabbitMQ cluster separated
+    /// by commas (`AMQP_URL` as the binaries read it).
+    pub fn use_amqp(&mut self, url: &str) {
+        self.amqp_url = url.to_string();
+    }
+
+    /// The `AMQP_URL` the cluster's processes are given.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
     pub fn command(&self, binary: &str) -> Command {
         let mut command = Command::new(bin_dir().join(binary));
         command
             .env("CHUNKFLOW_NAMESPACE", &self.namespace)
-            .env("AMQP_URL", AMQP_URL)
+            .env("AMQP_URL", &self.amqp_url)
             .env("REDIS_URL", &self.redis_url)
             .env("RUST_LOG", "info")
             .env_remove("CHUNKFLOW_FAULT");
@@ -220,11 +235,23 @@ impl Cluster {
 
     /// Starts `producer submit` in the background; returns it and the job id it printed.
     pub fn submit_background(&self, extra: &[&str], inputs: &[&str]) -> (Child, String) {
+        self.submit_background_with(extra, inputs, &[])
+    }
+
+    /// [`Cluster::submit_background`] with more environment (`CHUNKFLOW_FAULT`, another
+    /// `AMQP_URL`...).
+    pub fn submit_background_with(
+        &self,
+        extra: &[&str],
+        inputs: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Child, String) {
         let mut command = self.command("producer");
         command
             .args(["submit", "--job", "wordcount", "--wait"])
             .args(extra)
             .args(inputs)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -277,7 +304,7 @@ impl Cluster {
     /// Ready messages in one of the namespace's queues.
     pub fn queue_depth(&self, queue: &str) -> u32 {
         let topology = Topology::new(&self.namespace);
-        with_channel(async |channel| {
+        with_channel_at(&self.amqp_url, async |channel| {
             topology
                 .ready_messages(channel, queue)
                 .await
@@ -294,16 +321,18 @@ impl Cluster {
         redis_cluster::namespace_keys(&self.redis_url, &self.namespace)
     }
 
-    /// Deletes every queue, exchange and key of the namespace (keys in the shared Redis).
+    /// Deletes every queue, exchange and key of the namespace (on the shared broker and the
+    /// shared Redis).
     pub fn cleanup_namespace(namespace: &str) {
-        Cluster::cleanup_namespace_in(namespace, REDIS_URL);
+        Cluster::cleanup_namespace_in(namespace, AMQP_URL, REDIS_URL);
     }
 
-    /// Deletes every queue and exchange of the namespace, and its keys in the Redis that
-    /// `redis_url` names (one server, or every master of a Redis Cluster).
-    pub fn cleanup_namespace_in(namespace: &str, redis_url: &str) {
+    /// Deletes every queue and exchange of the namespace on the broker at `amqp_url`, and
+    /// its keys in the Redis that `redis_url` names (one server, or every master of a Redis
+    /// Cluster).
+    pub fn cleanup_namespace_in(namespace: &str, amqp_url: &str, redis_url: &str) {
         let topology = Topology::new(namespace);
-        with_channel(async |channel| {
+        with_channel_at(amqp_url, async |channel| {
             // Deleting a missing queue is fine in RabbitMQ 3.10, but keep going whatever
             // happens.
             let _ = topology.delete(channel).await;
@@ -326,7 +355,7 @@ impl Drop for Cluster {
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
-        Cluster::cleanup_namespace_in(&self.namespace, &self.redis_url);
+        Cluster::cleanup_namespace_in(&self.namespace, &self.amqp_url, &self.redis_url);
     }
 }
 

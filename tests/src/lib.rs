@@ -13,6 +13,7 @@
 //! | [`services`] | the shared RabbitMQ and Redis: connections, `wait_for`, a private Redis |
 //! | [`cluster`] | one test's namespace, processes, scratch directory and cleanup |
 //! | [`redis_cluster`] | the test Redis Clusters: seeds, nodes, killing and restarting a node, a namespace's keys on every master |
+//! | [`rabbitmq_cluster`] | the 3-node RabbitMQ cluster of `scripts/rabbitmq-cluster.sh`: nodes, queue leaders and members, connections, stopping a node |
 //! | [`monitor`] | the processes' monitor endpoints, metrics and `--json` views |
 //! | [`reference`](mod@reference) | inputs and independent sequential references of the jobs |
 //! | [`scenario`] | finishing a chaos scenario: compare with the reference, report a line |
@@ -23,6 +24,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod monitor;
+pub mod rabbitmq_cluster;
 pub mod redis_cluster;
 pub mod reference;
 pub mod scenario;

@@ -28,16 +28,44 @@ pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     runtime().block_on(future)
 }
 
-/// Runs `f` against a fresh broker channel.
+/// Runs `f` against a fresh channel on the shared broker.
 pub fn with_channel<T>(f: impl AsyncFnOnce(&lapin::Channel) -> T) -> T {
+    with_channel_at(AMQP_URL, f)
+}
+
+/// Runs `f` against a fresh channel on the broker at `amqp_url` (one URL, or the nodes of a
+/// cluster: the first that answers), connected the way the binaries connect.
+pub fn with_channel_at<T>(amqp_url: &str, f: impl AsyncFnOnce(&lapin::Channel) -> T) -> T {
     runtime().block_on(async {
-        let connection =
-            lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        let nodes = chunkflow::broker::topology::BrokerNodes::parse(amqp_url)
+            .unwrap_or_else(|e| panic!("a valid RabbitMQ URL: {e}"));
+        let connected =
+            chunkflow::broker::topology::connect(&nodes, "test", Duration::from_secs(30))
                 .await
-                .expect("connect to RabbitMQ");
-        let channel = connection.create_channel().await.expect("open channel");
+                .unwrap_or_else(|e| panic!("connect to RabbitMQ: {e}"));
+        let channel = connected
+            .connection
+            .create_channel()
+            .await
+            .expect("open channel");
         let value = f(&channel).await;
-        let _ = connection.close(200, "test done".into()).await;
+        let _ = connected.connection.close(200, "test done".into()).await;
+        value
+    })
+}
+
+/// Runs `f` against a fresh connection to the broker at `amqp_url` (see
+/// [`with_channel_at`]).
+pub fn with_connection_at<T>(amqp_url: &str, f: impl AsyncFnOnce(&lapin::Connection) -> T) -> T {
+    runtime().block_on(async {
+        let nodes = chunkflow::broker::topology::BrokerNodes::parse(amqp_url)
+            .unwrap_or_else(|e| panic!("a valid RabbitMQ URL: {e}"));
+        let connected =
+            chunkflow::broker::topology::connect(&nodes, "test", Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("connect to RabbitMQ: {e}"));
+        let value = f(&connected.connection).await;
+        let _ = connected.connection.close(200, "test done".into()).await;
         value
     })
 }

@@ -7,6 +7,8 @@
 //!
 //! The supervisor reconnects with capped exponential backoff when the broker connection,
 //! the channel or the consumer fails, and declares the topology again on each connection.
+//! Given the nodes of a RabbitMQ cluster, it reconnects through the next node of its
+//! rotation ([`topology::connect`]): a node that went down is tried last.
 //! Every step of setting up a session (connect, channels, declares, qos, consume, confirm
 //! mode) runs within the connection's `broker_timeout`, and so does every settlement: a
 //! broker that stops answering ends the session, and the supervisor reconnects. An ack
@@ -36,8 +38,8 @@ use std::sync::Arc;
 use crate::backoff::Backoff;
 use crate::broker::deadline::BrokerError;
 use crate::broker::publisher::{close_within, Publisher};
-use crate::broker::topology::{self, Topology};
-use crate::config::{redact_url, redact_within, ConnectionConfig};
+use crate::broker::topology::{self, BrokerNodes, Topology};
+use crate::config::{redact_url, ConnectionConfig};
 use crate::health::ServiceHealth;
 use crate::metrics::Settlement;
 use crate::protocol::Disposition;
@@ -97,8 +99,9 @@ pub struct ConsumerSettings {
 /// Why a service stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("invalid RabbitMQ URL {url}: {reason}")]
-    InvalidAmqpUrl { url: String, reason: String },
+    /// `--amqp-url` names no usable broker (checked before connecting to anything).
+    #[error(transparent)]
+    InvalidAmqpUrl(topology::ConnectError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("Redis at {url} was unavailable for {waited_secs} s, longer than --outage-timeout ({timeout_secs} s); last error: {last_error}. Start Redis (or free its memory: raise maxmemory, delete old jobs) and start this service again")]
@@ -161,19 +164,21 @@ pub async fn run_consumer<H: TaskHandler>(
     handler: &mut H,
     shutdown: &CancellationToken,
 ) -> Result<(), ServiceError> {
-    if let Err(error) = args.amqp_url.parse::<lapin::uri::AMQPUri>() {
-        return Err(ServiceError::InvalidAmqpUrl {
-            url: redact_url(&args.amqp_url),
-            // The parser's message quotes the URL it refused, password and all.
-            reason: redact_within(&error.to_string(), &args.amqp_url),
-        });
-    }
+    let nodes = BrokerNodes::for_connection(args).map_err(ServiceError::InvalidAmqpUrl)?;
     let topology = Topology::for_connection(args);
     let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     let mut outage = OutageClock::default();
     while !shutdown.is_cancelled() {
         let mut progress = SessionProgress::default();
-        let ended = session(args, settings, &topology, handler, shutdown, &mut progress).await;
+        let ended = session(
+            settings,
+            &topology,
+            &nodes,
+            handler,
+            shutdown,
+            &mut progress,
+        )
+        .await;
         crate::metrics::broker_connected(settings.role, false);
         settings.health.set_broker_connected(false);
         if progress.settled_a_task {
@@ -410,27 +415,29 @@ fn settle_of(disposition: &Disposition) -> Settle {
 }
 
 async fn session<H: TaskHandler>(
-    args: &ConnectionConfig,
     settings: &ConsumerSettings,
     topology: &Topology,
+    nodes: &BrokerNodes,
     handler: &mut H,
     shutdown: &CancellationToken,
     progress: &mut SessionProgress,
 ) -> Result<SessionEnd, SessionError> {
+    let connected = topology::connect(nodes, settings.role, topology.deadline().timeout()).await?;
+    // Errors from here on name the node that did not answer.
+    let topology = &topology.at_node(&connected);
     let deadline = topology.deadline();
-    let connection =
-        topology::connect_within(&args.amqp_url, settings.role, deadline.timeout()).await?;
+    let connection = &connected.connection;
     let channel = deadline
         .run("open a consuming channel", connection.create_channel())
         .await?;
-    topology.declare(&channel).await?;
+    topology.declare(connection).await?;
     deadline
         .run(
             "basic.qos",
             channel.basic_qos(settings.prefetch.max(1), BasicQosOptions::default()),
         )
         .await?;
-    let mut publisher = Publisher::open(&connection, 16 * 1024 * 1024, deadline).await?;
+    let mut publisher = Publisher::open(connection, 16 * 1024 * 1024, deadline).await?;
     let tag = format!("{}-{}", settings.role, std::process::id());
     let mut consumer = deadline
         .run(
@@ -446,14 +453,14 @@ async fn session<H: TaskHandler>(
     progress.connected = true;
     crate::metrics::broker_connected(settings.role, true);
     settings.health.set_broker_connected(true);
-    tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
+    tracing::info!(queue = %settings.queue, prefetch = settings.prefetch, node = %connected.node(), "consuming");
     loop {
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
             // lapin does not always end an idle consumer's stream when the broker closes
             // the connection (seen with `rabbitmqctl close_all_connections`): watch it.
-            _ = connection_lost(&connection, &channel) => return Err(SessionError::ConnectionLost),
+            _ = connection_lost(connection, &channel) => return Err(SessionError::ConnectionLost),
             next = consumer.next() => Some(next),
         };
         let delivery = match next {
@@ -462,7 +469,7 @@ async fn session<H: TaskHandler>(
                 let _ =
                     tokio::time::timeout(deadline.timeout(), channel.close(200, "shutdown".into()))
                         .await;
-                close_within(&connection, "shutdown", deadline).await;
+                close_within(connection, "shutdown", deadline).await;
                 return Ok(SessionEnd::Shutdown);
             }
             Some(None) => return Err(SessionError::ConsumerEnded),
@@ -493,7 +500,7 @@ async fn session<H: TaskHandler>(
                 // entirely or not at all. The process exits next, so no pooled Redis
                 // connection with a cancelled command is ever reused.
                 tracing::warn!(grace = ?settings.grace_period, "grace period over; giving the task in hand back");
-                close_within(&connection, "shutdown", deadline).await;
+                close_within(connection, "shutdown", deadline).await;
                 return Ok(SessionEnd::Shutdown);
             }
         };
@@ -532,7 +539,7 @@ async fn session<H: TaskHandler>(
         // channel, like one returning false: the broker redelivers the task.
         let settled = tokio::select! {
             settled = tokio::time::timeout(SETTLE_TIMEOUT, settlement) => settled.unwrap_or(Ok(false))?,
-            _ = connection_lost(&connection, &channel) => false,
+            _ = connection_lost(connection, &channel) => false,
         };
         if !publisher.is_usable() {
             return Err(SessionError::PublisherLost);
@@ -551,7 +558,7 @@ async fn session<H: TaskHandler>(
                 channel.close(200, "waiting out a Redis outage".into()),
             )
             .await;
-            close_within(&connection, "waiting out a Redis outage", deadline).await;
+            close_within(connection, "waiting out a Redis outage", deadline).await;
             return Ok(SessionEnd::RedisUnavailable(reason));
         }
         progress.settled_a_task = true;

@@ -4,7 +4,8 @@
 //! error naming what did not answer and after how long, never into a task that hangs.
 //!
 //! Must not: retry or reconnect (the callers decide that), or print a password (the broker
-//! is named by its redacted URL).
+//! is named by its redacted URL: on a cluster, the node's that was waited on, see
+//! `Topology::at_node`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -58,7 +59,8 @@ impl Default for BrokerDeadline {
 }
 
 impl BrokerDeadline {
-    /// A deadline of `timeout` per operation on the broker at `amqp_url`.
+    /// A deadline of `timeout` per operation on the broker at `amqp_url` (the node a
+    /// connection goes to; before connecting, the list of a cluster's nodes).
     pub fn new(amqp_url: &str, timeout: Duration) -> Self {
         BrokerDeadline {
             broker: format!("RabbitMQ at {}", redact_url(amqp_url)),

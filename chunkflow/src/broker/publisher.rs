@@ -7,8 +7,8 @@
 //! does not come within the broker deadline is an error; a caller reports success only
 //! after [`Publisher::flush`] returned `Ok`.
 //!
-//! [`ReconnectingPublisher`] (the producer's) reconnects and republishes what was not
-//! confirmed; a plain [`Publisher`] (a worker's, for reduce tasks) reports the error and
+//! [`ReconnectingPublisher`] (the producer's) reconnects, through the next node of its
+//! rotation when given a cluster's nodes, and republishes what was not confirmed; a plain [`Publisher`] (a worker's, for reduce tasks) reports the error and
 //! its caller requeues the delivery that wanted to publish. Must not: wait on the broker
 //! without a deadline, or report a message published before its confirm arrived.
 
@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Confirmation, Connection, PublisherConfirm};
 
 use crate::backoff::Backoff;
 use crate::broker::deadline::{BrokerDeadline, BrokerError};
-use crate::broker::topology::Topology;
+use crate::broker::topology::{self, BrokerNodes, Connected, Topology};
 use crate::job::JobId;
 use crate::protocol::messages::ReduceTask;
 
@@ -317,12 +317,14 @@ pub async fn publish_reduce_tasks(
 /// does not come within the topology's deadline counts as a lost connection. It gives up
 /// after `give_up_after` without a working connection.
 pub struct ReconnectingPublisher {
-    url: String,
+    nodes: BrokerNodes,
     role: &'static str,
-    topology: crate::broker::topology::Topology,
+    topology: Topology,
+    /// `topology` naming the node of the current connection in its errors.
+    node_topology: Topology,
     max_window_bytes: usize,
     give_up_after: std::time::Duration,
-    connection: Connection,
+    connected: Connected,
     publisher: Publisher,
     reconnects: u64,
     nack_recoveries: u32,
@@ -354,21 +356,24 @@ pub enum ReconnectError {
 }
 
 impl ReconnectingPublisher {
+    /// Connects to the first of `nodes` that answers (see [`topology::connect`]).
     pub async fn connect(
-        url: &str,
+        nodes: BrokerNodes,
         role: &'static str,
-        topology: crate::broker::topology::Topology,
+        topology: Topology,
         max_window_bytes: usize,
         give_up_after: std::time::Duration,
     ) -> Result<Self, ReconnectError> {
-        let (connection, publisher) = Self::open(url, role, &topology, max_window_bytes).await?;
+        let (connected, publisher, node_topology) =
+            Self::open(&nodes, role, &topology, max_window_bytes).await?;
         Ok(ReconnectingPublisher {
-            url: url.to_string(),
+            nodes,
             role,
             topology,
+            node_topology,
             max_window_bytes,
             give_up_after,
-            connection,
+            connected,
             publisher,
             reconnects: 0,
             nack_recoveries: 0,
@@ -376,17 +381,22 @@ impl ReconnectingPublisher {
     }
 
     async fn open(
-        url: &str,
+        nodes: &BrokerNodes,
         role: &'static str,
-        topology: &crate::broker::topology::Topology,
+        topology: &Topology,
         max_window_bytes: usize,
-    ) -> Result<(Connection, Publisher), ReconnectError> {
-        let deadline = topology.deadline();
-        let connection =
-            crate::broker::topology::connect_within(url, role, deadline.timeout()).await?;
-        let publisher = Publisher::open(&connection, max_window_bytes, deadline).await?;
-        topology.declare(publisher.channel()).await?;
-        Ok((connection, publisher))
+    ) -> Result<(Connected, Publisher, Topology), ReconnectError> {
+        let connected = topology::connect(nodes, role, topology.deadline().timeout()).await?;
+        let topology = topology.at_node(&connected);
+        let publisher =
+            Publisher::open(&connected.connection, max_window_bytes, topology.deadline()).await?;
+        topology.declare(&connected.connection).await?;
+        Ok((connected, publisher, topology))
+    }
+
+    /// The node of the current connection (its URL, redacted).
+    pub fn node(&self) -> String {
+        self.connected.node()
     }
 
     /// Times the connection was re-established.
@@ -414,10 +424,18 @@ impl ReconnectingPublisher {
         tracing::warn!(error = %cause, unconfirmed = pending.len(), "broker connection lost while publishing; reconnecting");
         loop {
             backoff.wait().await;
-            match Self::open(&self.url, self.role, &self.topology, self.max_window_bytes).await {
-                Ok((connection, publisher)) => {
-                    let old = std::mem::replace(&mut self.connection, connection);
-                    close_within(&old, "replaced", self.topology.deadline()).await;
+            match Self::open(
+                &self.nodes,
+                self.role,
+                &self.topology,
+                self.max_window_bytes,
+            )
+            .await
+            {
+                Ok((connected, publisher, node_topology)) => {
+                    let old = std::mem::replace(&mut self.connected, connected);
+                    close_within(&old.connection, "replaced", self.node_topology.deadline()).await;
+                    self.node_topology = node_topology;
                     self.publisher = publisher;
                     self.reconnects += 1;
                     let mut replay = std::mem::take(&mut pending).into_iter();
@@ -432,6 +450,7 @@ impl ReconnectingPublisher {
                         None => {
                             tracing::warn!(
                                 reconnects = self.reconnects,
+                                node = %self.connected.node(),
                                 "reconnected; unconfirmed messages republished"
                             );
                             return Ok(());
@@ -488,7 +507,7 @@ impl ReconnectingPublisher {
     pub async fn ready_messages(&mut self, queue: &str) -> Result<u32, PublishError> {
         loop {
             match self
-                .topology
+                .node_topology
                 .ready_messages(self.publisher.channel(), queue)
                 .await
             {
@@ -515,7 +534,12 @@ impl ReconnectingPublisher {
     }
 
     pub async fn close(self) {
-        close_within(&self.connection, "done", self.topology.deadline()).await;
+        close_within(
+            &self.connected.connection,
+            "done",
+            self.node_topology.deadline(),
+        )
+        .await;
     }
 }
 

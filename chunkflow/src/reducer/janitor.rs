@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::consumer as service;
 use crate::broker::deadline::BrokerError;
 use crate::broker::publisher::{close_within, reduce_task_messages, PublishError, Publisher};
-use crate::broker::topology::{self, Topology};
+use crate::broker::topology::{self, BrokerNodes, Topology};
 use crate::config::ConnectionConfig;
 use crate::job::{now_ms, JobId, JobState};
 use crate::protocol::reduce;
@@ -47,6 +47,9 @@ enum SweepError {
 pub struct Janitor {
     pub store: Store,
     pub connection: ConnectionConfig,
+    /// The broker's nodes, in the janitor's own rotation (a node that refused it last time
+    /// is tried last).
+    pub nodes: BrokerNodes,
     pub producer_timeout: Duration,
     pub lease: Duration,
 }
@@ -145,15 +148,17 @@ impl Janitor {
         republish: &[u32],
     ) -> Result<(), SweepError> {
         let topology = Topology::for_connection(&self.connection);
-        let deadline = topology.deadline();
-        let connection = topology::connect_within(
-            &self.connection.amqp_url,
+        let connected = topology::connect(
+            &self.nodes,
             "reducer-janitor",
-            deadline.timeout(),
+            topology.deadline().timeout(),
         )
         .await?;
+        let topology = topology.at_node(&connected);
+        let deadline = topology.deadline();
+        let connection = &connected.connection;
         let published = async {
-            let mut publisher = Publisher::open(&connection, 1024 * 1024, deadline).await?;
+            let mut publisher = Publisher::open(connection, 1024 * 1024, deadline).await?;
             let tasks = reduce_task_messages(&topology, job_id, partitions)
                 .enumerate()
                 .filter(|(partition, _)| republish.contains(&(*partition as u32)))
@@ -171,7 +176,7 @@ impl Janitor {
             Ok::<(), SweepError>(())
         }
         .await;
-        close_within(&connection, "republished", deadline).await;
+        close_within(connection, "republished", deadline).await;
         published
     }
 }
