@@ -124,36 +124,14 @@ pub fn parse_redis_mode(text: &str) -> Result<RedisMode, InvalidRedisMode> {
     }
 }
 
-/// The URLs of a comma-separated list (`redis://a:7001,redis://b:7002`), trimmed. A comma
-/// separates two URLs only where the next one starts with a scheme (`name://`), so a
-/// comma inside one URL (a password, a query) does not cut it: the parser and the
-/// redaction of secrets read a list alike.
+/// The URLs of a comma-separated list (`amqp://a:5672/%2f,amqp://b:5672/%2f`), in order,
+/// spaces around each trimmed and empty entries (a trailing comma) dropped. A single URL is
+/// a list of one. A comma inside a URL (in a password) must be written `%2C`.
 pub fn split_url_list(list: &str) -> Vec<&str> {
-    let mut urls = Vec::new();
-    let mut start = 0;
-    for (comma, _) in list.match_indices(',') {
-        if comma < start {
-            continue;
-        }
-        if starts_with_scheme(list[comma + 1..].trim_start()) {
-            urls.push(list[start..comma].trim());
-            start = comma + 1;
-        }
-    }
-    urls.push(list[start..].trim());
-    urls
-}
-
-/// Whether `text` begins with `scheme://` (RFC 3986 scheme characters).
-fn starts_with_scheme(text: &str) -> bool {
-    let Some(end) = text.find("://") else {
-        return false;
-    };
-    let scheme = &text[..end];
-    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// Query parameters whose value is a credential (`redis+unix:///sock?pass=...`).
@@ -176,14 +154,9 @@ const SECRET_PARAMETERS: &[&str] = &[
 /// `amqp//user:pw@host` or `amqp:/user:pw@host`), everything before the last `@`. A
 /// comma-separated list of URLs ([`split_url_list`]) has each of its URLs redacted.
 pub fn redact_url(url: &str) -> String {
-    split_url_list(url)
-        .into_iter()
-        .map(redact_one_url)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn redact_one_url(url: &str) -> String {
+    if url.contains(',') {
+        return redact_url_list(url);
+    }
     let (rest, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     format!(
@@ -193,20 +166,63 @@ fn redact_one_url(url: &str) -> String {
     )
 }
 
-/// The credentials a URL (or each URL of a list) carries, found as leniently as
-/// [`redact_url`] hides them: the password of its user info (everything before the last `@`
-/// when the string does not parse as `scheme://`) and the values of credential query
-/// parameters. Longest first, so a secret that contains another is replaced whole.
+/// [`redact_url`] of a string with commas: each entry redacted when every entry looks like
+/// a URL of its own (`scheme://...`). Otherwise a comma is inside a URL (a raw comma in a
+/// password, or in a query) or an entry is mistyped, and where one URL ends is unknown:
+/// everything from the first scheme to the last `@` is hidden.
+fn redact_url_list(list: &str) -> String {
+    let entries: Vec<&str> = list.split(',').collect();
+    if entries
+        .iter()
+        .all(|entry| entry.trim().is_empty() || entry.contains("://"))
+    {
+        return entries
+            .iter()
+            .map(|entry| redact_url(entry))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    match list.rfind('@') {
+        Some(at) => {
+            let keep = list
+                .find("://")
+                .map(|scheme| scheme + 3)
+                .filter(|&end| end <= at)
+                .unwrap_or(0);
+            let tail = &list[at..];
+            let (tail, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+            let (host, query) = tail.split_at(tail.find('?').unwrap_or(tail.len()));
+            format!(
+                "{}***{host}{}{fragment}",
+                &list[..keep],
+                redact_query(query)
+            )
+        }
+        None => {
+            let (rest, fragment) = list.split_at(list.find('#').unwrap_or(list.len()));
+            let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+            format!("{head}{}{fragment}", redact_query(query))
+        }
+    }
+}
+
+/// The credentials a URL carries, found as leniently as [`redact_url`] hides them: the
+/// password of its user info (everything before the last `@` when the string does not parse
+/// as `scheme://`) and the values of credential query parameters; for a comma-separated
+/// list, those of each entry too.
 fn url_secrets(url: &str) -> Vec<&str> {
-    let mut secrets: Vec<&str> = split_url_list(url)
-        .into_iter()
-        .flat_map(one_url_secrets)
-        .collect();
-    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    let mut secrets = url_secrets_of_one(url);
+    if url.contains(',') {
+        for entry in url.split(',') {
+            secrets.extend(url_secrets_of_one(entry));
+        }
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+    }
     secrets
 }
 
-fn one_url_secrets(url: &str) -> Vec<&str> {
+fn url_secrets_of_one(url: &str) -> Vec<&str> {
     let (rest, _fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
     let (head, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
     let mut secrets = Vec::new();
@@ -238,6 +254,8 @@ fn one_url_secrets(url: &str) -> Vec<&str> {
         }
     }
     secrets.retain(|secret| !secret.is_empty());
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
     secrets
 }
 
@@ -246,9 +264,7 @@ fn one_url_secrets(url: &str) -> Vec<&str> {
 pub fn redact_within(text: &str, url: &str) -> String {
     let mut text = text.replace(url, &redact_url(url));
     for one in split_url_list(url) {
-        if !one.is_empty() {
-            text = text.replace(one, &redact_one_url(one));
-        }
+        text = text.replace(one, &redact_url(one));
     }
     for secret in url_secrets(url) {
         text = text.replace(secret, "***");
@@ -426,42 +442,55 @@ mod tests {
     }
 
     #[test]
-    fn url_lists_split_only_before_a_scheme() {
-        assert_eq!(split_url_list("redis://h/0"), vec!["redis://h/0"]);
+    fn splits_url_lists() {
+        assert_eq!(split_url_list("amqp://h/%2f"), ["amqp://h/%2f"]);
         assert_eq!(
-            split_url_list("redis://a:7001, redis://b:7002,rediss://c:7003"),
-            vec!["redis://a:7001", "redis://b:7002", "rediss://c:7003"]
+            split_url_list(" amqp://a:1/%2f , amqp://b:2/%2f,,amqp://c:3/%2f, "),
+            ["amqp://a:1/%2f", "amqp://b:2/%2f", "amqp://c:3/%2f"]
         );
-        // A comma inside a password or a query does not cut the URL.
-        assert_eq!(
-            split_url_list("redis://:p,w@a:1,redis://:x@b:2?x=1,2"),
-            vec!["redis://:p,w@a:1", "redis://:x@b:2?x=1,2"]
-        );
-        assert_eq!(split_url_list(""), vec![""]);
+        assert!(split_url_list(" , ").is_empty());
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:p@a/%2f,amqp://u:p@b/%2f".into();
+        assert_eq!(config.amqp_urls(), ["amqp://u:p@a/%2f", "amqp://u:p@b/%2f"]);
     }
 
     #[test]
-    fn redacts_every_url_of_a_list() {
-        let list = "redis://:PW1@a:7001,redis://u:PW2@b:7002/0,redis://c:7003";
-        assert_eq!(
-            redact_url(list),
-            "redis://:***@a:7001,redis://u:***@b:7002/0,redis://c:7003"
-        );
-        let text = format!("cannot connect to {list} (and PW2 again, and p,w)");
-        let redacted = redact_within(&text, list);
-        assert!(
-            !redacted.contains("PW1") && !redacted.contains("PW2"),
-            "{redacted}"
-        );
-        let with_comma = "redis://:p,w@a:1,redis://b:2";
-        assert_eq!(redact_url(with_comma), "redis://:***@a:1,redis://b:2");
-        assert!(!redact_within("x p,w y", with_comma).contains("p,w"));
-        let config = ConnectionConfig {
-            redis_url: list.into(),
-            ..ConnectionConfig::local("ns")
-        };
-        let shown = format!("{config:?}");
-        assert!(!shown.contains("PW1") && !shown.contains("PW2"), "{shown}");
+    fn redacts_every_password_of_a_list() {
+        for (list, shown) in [
+            (
+                "amqp://u:PW1@a:5681/%2f,amqp://u:PW2@b:5682/%2f",
+                "amqp://u:***@a:5681/%2f,amqp://u:***@b:5682/%2f",
+            ),
+            (
+                "amqp://u:PW1@a/%2f?heartbeat=5, amqp://b/%2f,",
+                "amqp://u:***@a/%2f?heartbeat=5, amqp://b/%2f,",
+            ),
+            // A raw comma in a password: not a list, everything up to the host hidden.
+            ("amqp://u:P,W@a:5681/%2f", "amqp://***@a:5681/%2f"),
+            // A mistyped entry: where one URL ends is unknown.
+            ("amqp://u:PW1@a/%2f,amqp:/u:PW2@b", "amqp://***@b"),
+            ("u:PW@h,amqp://b/%2f", "***@h,amqp://b/%2f"),
+            ("amqp://h/?x=1,u:PW@b", "amqp://***@b"),
+            ("redis://h/0?x=a,b", "redis://h/0?x=a,b"),
+            (
+                "redis://h/0?x=a,b&password=PW",
+                "redis://h/0?x=a,b&password=***",
+            ),
+        ] {
+            let redacted = redact_url(list);
+            assert_eq!(redacted, shown, "{list}");
+            assert!(
+                !redacted.contains("PW") && !redacted.contains("P,W"),
+                "{list}"
+            );
+            let text = format!("cannot use {list} (given: '{list}')");
+            let within = redact_within(&text, list);
+            assert!(!within.contains("PW"), "{list} -> {within}");
+        }
+        let mut config = ConnectionConfig::local("ns");
+        config.amqp_url = "amqp://u:PW1@a/%2f,amqp://u:PW2@b/%2f".into();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("PW"), "{debug}");
     }
 
     #[test]
