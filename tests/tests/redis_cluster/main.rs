@@ -525,3 +525,50 @@ fn without_replicas_a_master_restarted_empty_fails_the_job_naming_lost_state() {
     assert_eq!(cluster.status(&job)["state"], "failed");
     redis.wait_whole();
 }
+
+#[test]
+fn on_both_clusters_with_workers_killed_at_random_the_result_is_exact() {
+    let _shared = sharing();
+    let redis = RedisCluster::replicated();
+    let rabbit = chunkflow_tests::rabbitmq_cluster::RabbitCluster::from_env();
+    let mut cluster = Cluster::new("bothclusters");
+    cluster.use_redis(redis.seeds());
+    cluster.use_amqp(&rabbit.url_list());
+    let env = [
+        ("CHUNKFLOW_REDIS_MIN_REPLICAS", "1"),
+        ("CHUNKFLOW_FAULT", "map-delay-ms=20"),
+    ];
+    let mut workers: Vec<usize> = (0..3).map(|_| cluster.worker(&env)).collect();
+    cluster.reducer(&env);
+    let (a, _, expected) = text_input(&cluster, "a.txt", 91, 3000);
+    let (producer, job) = cluster.submit_background(
+        &["--redis-min-replicas", "1", "--chunk-size", "1KiB", "-q"],
+        &[&a],
+    );
+    // Kill a random worker each time the job has made some progress, and start another.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut kills = 0;
+    let mut last = 0;
+    while kills < 4 {
+        let committed = wait_for("the job to make progress", LONG, || {
+            let committed = cluster.committed(&job);
+            (committed >= last + 40 || cluster.status(&job)["state"] != "running")
+                .then_some(committed)
+        });
+        if cluster.status(&job)["state"] != "running" {
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = (seed % workers.len() as u64) as usize;
+        cluster.service(workers[victim]).kill_hard();
+        workers[victim] = cluster.worker(&env);
+        kills += 1;
+        last = committed;
+    }
+    assert!(kills >= 2, "workers were killed mid-job ({kills})");
+    let (status, stderr) = cluster.finish_submit(producer, LONG);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(cluster.result(&job), expected, "exact after {kills} kills");
+}
