@@ -327,22 +327,8 @@ mod tests {
             CommitOutcome::Duplicate
         );
         // Only non-empty partials are stored, and counted per partition.
-        assert_eq!(
-            test.partials(&spec, 0).await,
-            (vec![(0, b"a0".to_vec())], 1)
-        );
-        assert_eq!(test.partials(&spec, 1).await, (vec![], 0));
-        assert_eq!(
-            test.partials(&spec, 2).await,
-            (vec![(0, b"c0".to_vec())], 1)
-        );
+        assert_chunk_0_committed_once(&test, &spec).await;
         let status = store.status("j").await.unwrap().unwrap();
-        assert_eq!(status.chunks_committed, 1);
-        assert_eq!(
-            status.counters.get("records_read"),
-            Some(&2),
-            "counted once"
-        );
         assert_eq!(status.stats.get("deliveries"), Some(&2));
         assert_eq!(status.stats.get("redeliveries"), Some(&1));
         assert_eq!(status.stats.get("duplicates"), Some(&1));
@@ -555,6 +541,21 @@ mod tests {
         );
     }
 
+    /// Chunk 0 of a 3-partition job, output `a0`, nothing, `c0`, committed and counted
+    /// once: its partials in partitions 0 and 2, its counters added once.
+    async fn assert_chunk_0_committed_once(test: &TestStore, spec: &JobSpec) {
+        assert_eq!(test.partials(spec, 0).await, (vec![(0, b"a0".to_vec())], 1));
+        assert_eq!(test.partials(spec, 1).await, (vec![], 0));
+        assert_eq!(test.partials(spec, 2).await, (vec![(0, b"c0".to_vec())], 1));
+        let status = test.store.status(&spec.id).await.unwrap().unwrap();
+        assert_eq!(status.chunks_committed, 1);
+        assert_eq!(
+            status.counters.get("records_read"),
+            Some(&2),
+            "counted once"
+        );
+    }
+
     #[tokio::test]
     async fn a_crash_between_the_partition_steps_and_the_job_step_is_repaired_by_the_redelivery() {
         let Some(test) = TestStore::open().await else {
@@ -582,22 +583,7 @@ mod tests {
             store.commit_chunk(&spec, 0, true, &output).await.unwrap(),
             CommitOutcome::Committed
         );
-        assert_eq!(
-            test.partials(&spec, 0).await,
-            (vec![(0, b"a0".to_vec())], 1)
-        );
-        assert_eq!(test.partials(&spec, 1).await, (vec![], 0));
-        assert_eq!(
-            test.partials(&spec, 2).await,
-            (vec![(0, b"c0".to_vec())], 1)
-        );
-        let status = store.status("j").await.unwrap().unwrap();
-        assert_eq!(status.chunks_committed, 1);
-        assert_eq!(
-            status.counters.get("records_read"),
-            Some(&2),
-            "counted once"
-        );
+        assert_chunk_0_committed_once(&test, &spec).await;
     }
 
     #[tokio::test]

@@ -352,8 +352,12 @@ fn min_replicas_waits_for_replicas_and_refuses_to_go_on_without_them() {
     redis.wait_whole();
 }
 
-#[test]
-fn with_min_replicas_a_failover_loses_no_acked_commit() {
+/// A job on the replicated cluster with `--redis-min-replicas 1`; once it has made
+/// progress, the master `victim` picks (from the namespace and the job id) is SIGKILLed, its
+/// replica takes over, and the old master comes back as a replica. Every commit acked
+/// before was on that replica (WAIT 1); until the old master is back, the new one has no
+/// replica, so no commit of its slots is acked; then the job ends, exact.
+fn min_replicas_failover(test: &str, seed: u64, victim: impl Fn(&RedisCluster, &str, &str) -> u16) {
     let _alone = disturbing();
     let redis = RedisCluster::replicated();
     redis.wait_whole();
@@ -361,39 +365,34 @@ fn with_min_replicas_a_failover_loses_no_acked_commit() {
         ("CHUNKFLOW_REDIS_MIN_REPLICAS", "1"),
         ("CHUNKFLOW_FAULT", "map-delay-ms=30"),
     ];
-    let cluster = pipeline("rcfailover", redis.seeds(), &env);
-    let (a, _, expected) = text_input(&cluster, "a.txt", 71, 3000);
+    let cluster = pipeline(test, redis.seeds(), &env);
+    let (a, _, expected) = text_input(&cluster, "a.txt", seed, 3000);
     let (producer, job) = cluster.submit_background(
-        &[
-            "--redis-min-replicas",
-            "1",
-            "--chunk-size",
-            "1KiB",
-            "--partitions",
-            "3",
-            "-q",
-        ],
+        &["--redis-min-replicas", "1", "--chunk-size", "1KiB", "-q"],
         &[&a],
     );
     wait_for("the job to make progress", LONG, || {
         (cluster.committed(&job) >= 5).then_some(())
     });
-    // The master holding the job's record dies; its replica takes over. Every commit acked
-    // so far was on that replica (WAIT 1).
-    let meta = Keys::new(&cluster.namespace).job(&job).meta();
-    let master = redis.master_of(&meta);
+    let master = victim(&redis, &cluster.namespace, &job);
     let killed = redis.kill_for_a_while(master);
-    wait_for("a replica to take over the job's slot", LONG, || {
-        let now = redis.master_of(&meta);
-        (now != master).then_some(now)
-    });
-    // The new master has no replica until the old one comes back (as its replica): until
-    // then no commit of that slot reaches a replica, so none is acked; then the job ends.
+    wait_for(
+        "a replica to take over the killed master's slots",
+        LONG,
+        || redis.masters().iter().all(|m| *m != master).then_some(()),
+    );
     killed.restore();
     let (status, stderr) = cluster.finish_submit(producer, LONG);
     assert!(status.success(), "the job survives the failover: {stderr}");
     assert_eq!(cluster.result(&job), expected, "and its result is exact");
     redis.wait_whole();
+}
+
+#[test]
+fn with_min_replicas_a_failover_of_the_jobs_own_master_loses_no_acked_commit() {
+    min_replicas_failover("rcfailover", 71, |redis, namespace, job| {
+        redis.master_of(&Keys::new(namespace).job(job).meta())
+    });
 }
 
 /// The masters holding partition data of `job` (default 8 partitions), with how many
@@ -458,38 +457,14 @@ fn a_jobs_data_spreads_over_every_master_and_nothing_is_left_after_its_ttl() {
 
 #[test]
 fn with_min_replicas_the_master_holding_most_partitions_dies_and_the_result_is_exact() {
-    let _alone = disturbing();
-    let redis = RedisCluster::replicated();
-    redis.wait_whole();
-    let env = [
-        ("CHUNKFLOW_REDIS_MIN_REPLICAS", "1"),
-        ("CHUNKFLOW_FAULT", "map-delay-ms=30"),
-    ];
-    let cluster = pipeline("rcmost", redis.seeds(), &env);
-    let (a, _, expected) = text_input(&cluster, "a.txt", 72, 3000);
-    let (producer, job) = cluster.submit_background(
-        &["--redis-min-replicas", "1", "--chunk-size", "1KiB", "-q"],
-        &[&a],
-    );
-    wait_for("the job to make progress", LONG, || {
-        (cluster.committed(&job) >= 5).then_some(())
+    min_replicas_failover("rcmost", 72, |redis, namespace, job| {
+        let (master, held) = partitions_by_master(redis, namespace, job)
+            .into_iter()
+            .max_by_key(|(_, held)| *held)
+            .unwrap();
+        assert!(held >= 3, "8 partitions over 3 masters: {held} on {master}");
+        master
     });
-    let (master, held) = partitions_by_master(&redis, &cluster.namespace, &job)
-        .into_iter()
-        .max_by_key(|(_, held)| *held)
-        .unwrap();
-    assert!(held >= 3, "8 partitions over 3 masters: {held} on {master}");
-    let killed = redis.kill_for_a_while(master);
-    wait_for(
-        "a replica to take over the killed master's slots",
-        LONG,
-        || redis.masters().iter().all(|m| *m != master).then_some(()),
-    );
-    killed.restore();
-    let (status, stderr) = cluster.finish_submit(producer, LONG);
-    assert!(status.success(), "the job survives the failover: {stderr}");
-    assert_eq!(cluster.result(&job), expected, "and its result is exact");
-    redis.wait_whole();
 }
 
 #[test]
