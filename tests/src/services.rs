@@ -36,21 +36,9 @@ pub fn with_channel<T>(f: impl AsyncFnOnce(&lapin::Channel) -> T) -> T {
 /// Runs `f` against a fresh channel on the broker at `amqp_url` (one URL, or the nodes of a
 /// cluster: the first that answers), connected the way the binaries connect.
 pub fn with_channel_at<T>(amqp_url: &str, f: impl AsyncFnOnce(&lapin::Channel) -> T) -> T {
-    runtime().block_on(async {
-        let nodes = chunkflow::broker::topology::BrokerNodes::parse(amqp_url)
-            .unwrap_or_else(|e| panic!("a valid RabbitMQ URL: {e}"));
-        let connected =
-            chunkflow::broker::topology::connect(&nodes, "test", Duration::from_secs(30))
-                .await
-                .unwrap_or_else(|e| panic!("connect to RabbitMQ: {e}"));
-        let channel = connected
-            .connection
-            .create_channel()
-            .await
-            .expect("open channel");
-        let value = f(&channel).await;
-        let _ = connected.connection.close(200, "test done".into()).await;
-        value
+    with_connection_at(amqp_url, async |connection| {
+        let channel = connection.create_channel().await.expect("open channel");
+        f(&channel).await
     })
 }
 
